@@ -1,0 +1,119 @@
+"""MoCAConfig: the Wan 2.1 backbone fields (mirrored exactly) plus the MoCA adapter fields."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+WHOLE_CLIP = 0  # the temporal scale that pools the whole clip (T frames) into one window
+
+
+@dataclass(frozen=True)
+class MoCAConfig:
+    # --- Wan 2.1 T2V backbone (names as in Wan's WanModel.__init__) ---
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    text_len: int = 512
+    freq_dim: int = 256
+    patch_size: tuple = (1, 2, 2)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    # --- MoCA adapter ---
+    scales: tuple = (1, 2, 4, WHOLE_CLIP)  # HTP window sizes in latent frames; 0 = whole clip
+    moca_dim: int = 768                   # inner width of the TACA experts (shared Q/O)
+    moca_heads: int = 6
+    id_dim: int = 512                     # identity token width D_id
+    arcface_dim: int = 512
+    num_global_tokens: int = 8            # N_g, from the ArcFace embedding
+    num_local_tokens: int = 32            # N_l, from the face-crop latent (perceiver)
+    resampler_depth: int = 2
+    face_latent_channels: int = 16
+    router_use_time: bool = True          # router sees the diffusion time embedding
+
+    def __post_init__(self):
+        # JSON round-trips give lists; keep tuples so configs stay hashable and comparable.
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
+        problems = []
+        if self.dim % self.num_heads:
+            problems.append(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.moca_dim % self.moca_heads:
+            problems.append(f"moca_dim={self.moca_dim} is not divisible by moca_heads={self.moca_heads}")
+        if not self.scales:
+            problems.append("scales is empty: give at least one temporal scale, e.g. (1,)")
+        if any(s < 0 for s in self.scales) or len(set(self.scales)) != len(self.scales):
+            problems.append(f"scales={self.scales} must be distinct and >= 0 (0 = whole clip)")
+        if self.num_global_tokens < 0 or self.num_local_tokens < 0 or \
+                self.num_global_tokens + self.num_local_tokens == 0:
+            problems.append("need at least one identity token (num_global_tokens + num_local_tokens > 0)")
+        if problems:
+            raise ValueError("Invalid MoCAConfig: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "MoCAConfig":
+        """Named configurations: 'tiny' (tests, CPU demo), 'small' (CPU benchmarks),
+        'wan2.1-1.3b' and 'wan2.1-14b' (the real Wan 2.1 T2V backbones)."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown MoCA preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.scales)
+
+    @property
+    def num_id_tokens(self) -> int:
+        return self.num_global_tokens + self.num_local_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def scale_names(self) -> list[str]:
+        return ["T" if s == WHOLE_CLIP else str(s) for s in self.scales]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MoCAConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MoCAConfig: unknown fields {unknown} (file written by a newer version?)")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "MoCAConfig":
+        return cls.from_dict(json.loads(s))
+
+    def backbone_fields(self) -> dict:
+        names = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
+                 "freq_dim", "patch_size", "qk_norm", "cross_attn_norm", "eps")
+        return {n: getattr(self, n) for n in names}
+
+
+PRESETS: dict[str, MoCAConfig] = {
+    # dim 256 with 2 heads keeps Wan's head width of 128, so ComfyUI (num_heads = dim // 128) loads it.
+    "tiny": MoCAConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2,
+                       moca_dim=128, moca_heads=2, id_dim=128,
+                       num_global_tokens=4, num_local_tokens=8, resampler_depth=1),
+    "small": MoCAConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=4,
+                        moca_dim=256, moca_heads=2, id_dim=256,
+                        num_global_tokens=4, num_local_tokens=16, resampler_depth=1),
+    "wan2.1-1.3b": MoCAConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30,
+                              moca_dim=768, moca_heads=6, id_dim=512),
+    "wan2.1-14b": MoCAConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40,
+                             moca_dim=2048, moca_heads=16, id_dim=1024),
+}

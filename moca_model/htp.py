@@ -1,0 +1,97 @@
+"""Hierarchical Temporal Pooling (HTP): average video features over time windows at several scales.
+
+For a scale `s`, the T latent frames are cut into ceil(T/s) windows of s frames (the last one shorter:
+ceil mode) and each window is averaged. Scale 0 means "the whole clip" (one window of T frames).
+Pooling is linear, so it is applied as one matrix over time to *projected* queries:
+pool_s(Wq x) == Wq pool_s(x). All enabled scales are stacked into one pooling matrix `P [Tq, T]`
+(Tq = total number of windows), so every expert is pooled in one einsum and attended in one batched call.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+from .config import WHOLE_CLIP
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where every window of every enabled expert lies, for one clip length T (all tensors on `device`)."""
+    T: int
+    experts: tuple            # enabled expert ids (indices into config.scales), in mixing order
+    pool: torch.Tensor        # [Tq, T]  averaging weights (rows sum to 1)
+    row_expert: torch.Tensor  # [Tq]     expert id of each window row
+    row_slot: torch.Tensor    # [Tq]     position of that expert in `experts`
+    centre: torch.Tensor      # [Tq]     window centre, in latent frames
+    unpool: torch.Tensor      # [E_on, T] row holding frame t for each enabled expert
+    kv_rows: torch.Tensor     # [Tq, Tmax] the summary rows an expert's window may attend to (padded)
+    kv_valid: torch.Tensor    # [Tq, Tmax] False where kv_rows is padding
+
+    @property
+    def num_rows(self) -> int:
+        return self.pool.shape[0]
+
+
+def window_bounds(T: int, scale: int) -> list[tuple[int, int]]:
+    """[(start, stop)] frame ranges of the windows of one scale (ceil mode; 0 = whole clip)."""
+    s = T if scale == WHOLE_CLIP else scale
+    return [(j * s, min((j + 1) * s, T)) for j in range(math.ceil(T / s))]
+
+
+@lru_cache(maxsize=64)
+def _plan_cpu(T: int, scales: tuple, experts: tuple):
+    pool, row_expert, row_slot, centre, unpool, rows_of = [], [], [], [], [], []
+    for slot, e in enumerate(experts):
+        bounds = window_bounds(T, scales[e])
+        first = len(pool)
+        rows_of.append(list(range(first, first + len(bounds))))
+        frame_row = []
+        for j, (a, b) in enumerate(bounds):
+            w = torch.zeros(T)
+            w[a:b] = 1.0 / (b - a)
+            pool.append(w)
+            row_expert.append(e)
+            row_slot.append(slot)
+            centre.append((a + b - 1) / 2)
+            frame_row += [first + j] * (b - a)
+        unpool.append(frame_row)
+    t_max = max(len(r) for r in rows_of)
+    kv_rows, kv_valid = [], []
+    for slot in row_slot:
+        rows = rows_of[slot]
+        kv_rows.append(rows + [rows[0]] * (t_max - len(rows)))
+        kv_valid.append([True] * len(rows) + [False] * (t_max - len(rows)))
+    return (torch.stack(pool), torch.tensor(row_expert), torch.tensor(row_slot),
+            torch.tensor(centre, dtype=torch.float32), torch.tensor(unpool),
+            torch.tensor(kv_rows), torch.tensor(kv_valid))
+
+
+class HierarchicalTemporalPooling(nn.Module):
+    """Builds window plans for the configured scales and pools / un-pools along time."""
+
+    def __init__(self, scales: tuple):
+        super().__init__()
+        self.scales = tuple(scales)
+
+    def plan(self, T: int, experts: tuple, device=None) -> WindowPlan:
+        if T < 1:
+            raise ValueError(f"HTP needs at least one latent frame, got T={T}")
+        if not experts:
+            raise ValueError("HTP: no temporal scale is enabled; enable at least one scale")
+        tensors = _plan_cpu(int(T), self.scales, tuple(experts))
+        pool, row_expert, row_slot, centre, unpool, kv_rows, kv_valid = (t.to(device) for t in tensors)
+        return WindowPlan(T, tuple(experts), pool, row_expert, row_slot, centre, unpool, kv_rows, kv_valid)
+
+    @staticmethod
+    def pool(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """[B, T, ...] -> [B, Tq, ...]: every window of every enabled scale, averaged over its frames."""
+        return torch.einsum("jt,bt...->bj...", plan.pool.to(x.dtype), x)
+
+    @staticmethod
+    def unpool(y: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """[B, Tq, ...] -> [B, E_on, T, ...]: each window's value repeated over its frames, per expert."""
+        return y[:, plan.unpool]

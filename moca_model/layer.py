@@ -1,0 +1,54 @@
+"""The MoCA layer: a residual after a DiT block, `x <- block(x); x <- x + MoCA(x, id, t)`.
+
+Host-neutral: it uses only what a native Wan block receives (tokens `x`, the block's time modulation
+`vec`) plus the identity tokens and the latent grid (T, h, w). The same code runs in `MoCADiT` and inside
+ComfyUI's `patches_replace["dit"]` block patch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import MoCAConfig
+from .htp import HierarchicalTemporalPooling
+from .options import ResolvedOptions
+from .router import MoCARouter
+from .taca import TemporalAwareCrossAttention
+
+
+class MoCALayer(nn.Module):
+    def __init__(self, config: MoCAConfig, operations=nn, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.norm = operations.LayerNorm(config.dim, config.eps, elementwise_affine=False, **kw)
+        self.htp = HierarchicalTemporalPooling(config.scales)
+        self.experts = TemporalAwareCrossAttention(config, operations, **kw)
+        self.router = MoCARouter(config.dim, config.num_experts, config.router_use_time, operations, **kw)
+        self.out = operations.Linear(config.moca_dim, config.dim, **kw)               # zero-init
+
+    def init_weights(self):
+        self.experts.init_weights()
+        self.router.init_weights()
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, identity: torch.Tensor, grid,
+                opts: ResolvedOptions) -> torch.Tensor:
+        """x [B, L=T*h*w, D]; vec [B, 1|L, 6, D]; identity [B|1, M, D_id]; grid (T, h, w).
+        Returns the residual to add to x, [B, L, D]."""
+        B, L, D = x.shape
+        T, h, w = grid
+        if L != T * h * w:
+            raise ValueError(f"MoCA layer: {L} video tokens do not match the latent grid {T}x{h}x{w}")
+        if identity.shape[0] not in (1, B):
+            raise ValueError(f"MoCA layer: identity batch {identity.shape[0]} does not match the video batch {B}")
+        identity = identity.expand(B, -1, -1)
+        if vec.ndim == 3:                                                              # [B, 6, D] (original Wan)
+            vec = vec.unsqueeze(1)
+
+        xn = self.norm(x)                                                              # [B, L, D]
+        plan = self.htp.plan(T, opts.experts, x.device)
+        y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, E_on, T, N, a]
+        r = self.router(xn, vec, opts).to(y.dtype)                                     # [B, L, E_on]
+        mixed = torch.einsum("betna,btne->btna", y, r.view(B, T, h * w, -1))
+        return self.out(mixed.reshape(B, L, -1)) * opts.strength

@@ -1,0 +1,45 @@
+"""The MoCA router: per token, a soft mixture over the TACA experts."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .options import ResolvedOptions
+
+
+class MoCARouter(nn.Module):
+    """Soft routing from LayerNorm(x) and the diffusion time embedding.
+
+    Both projections are zero-initialised, so an untrained router weighs all experts equally.
+    Inference knobs: temperature, top-k (0 = dense), disabled experts (dropped before the softmax) and
+    per-expert weights (applied after it, without renormalising: a gain of 2 doubles that expert).
+    """
+
+    def __init__(self, dim: int, num_experts: int, use_time: bool = True, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.proj_x = operations.Linear(dim, num_experts, device=device, dtype=dtype)
+        self.proj_t = operations.Linear(dim, num_experts, bias=False, device=device, dtype=dtype) if use_time else None
+
+    def init_weights(self):
+        nn.init.zeros_(self.proj_x.weight)
+        nn.init.zeros_(self.proj_x.bias)
+        if self.proj_t is not None:
+            nn.init.zeros_(self.proj_t.weight)
+
+    def logits(self, xn: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """xn [B, L, D] (normalised tokens), vec [B, 1|L, 6, D] (a Wan block's time modulation) -> [B, L, E]."""
+        logits = self.proj_x(xn)
+        if self.proj_t is not None:
+            logits = logits + self.proj_t(F.silu(vec.to(xn.dtype).mean(dim=-2)))
+        return logits
+
+    def forward(self, xn, vec, opts: ResolvedOptions) -> torch.Tensor:
+        """Mixing weights of the enabled experts, [B, L, E_on] (float32)."""
+        logits = self.logits(xn, vec)[..., list(opts.experts)].float() / opts.temperature
+        probs = logits.softmax(dim=-1)
+        if 0 < opts.top_k < probs.shape[-1]:
+            top = probs.topk(opts.top_k, dim=-1)
+            probs = torch.zeros_like(probs).scatter_(-1, top.indices, top.values)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs * probs.new_tensor(opts.expert_weight)
