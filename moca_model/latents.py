@@ -44,8 +44,9 @@ def denormalize_latent(z: torch.Tensor) -> torch.Tensor:
 
 def latent_to_rgb(z: torch.Tensor, upscale: int = 8) -> torch.Tensor:
     """Model-space latents [B, 16, T, h, w] -> frames [B, T, h*upscale, w*upscale, 3] in 0..1, with Wan 2.1's
-    linear preview projection (no VAE needed; blurry but faithful in colour and layout)."""
-    raw = denormalize_latent(z.float())
+    linear preview projection (no VAE needed; blurry but faithful in colour and layout). Like ComfyUI's
+    latent previews, the projection applies to model-space latents as the sampler produces them."""
+    raw = z.float()
     factors = torch.tensor(WAN21_RGB_FACTORS, device=z.device)
     bias = torch.tensor(WAN21_RGB_BIAS, device=z.device)
     rgb = torch.einsum("bcthw,cr->btrhw", raw, factors) + bias.view(1, 1, 3, 1, 1)
