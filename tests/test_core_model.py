@@ -171,3 +171,31 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="identity batch"):
         make_adapter_live(model)
         model(x, t, ctx, identity=random_identity(model, B=3))
+
+
+def test_layer_classes_are_injectable():
+    """ComfyUI passes its casting ops: every Linear/LayerNorm/RMSNorm/Conv must come from `operations`."""
+    import types
+    made = []
+
+    def tracked(base):
+        class Op(base):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                made.append(base.__name__)
+        return Op
+    ops = types.SimpleNamespace(**{n: tracked(getattr(torch.nn, n))
+                                   for n in ("Linear", "LayerNorm", "RMSNorm", "Conv2d", "Conv3d")})
+    model = MoCADiT(MoCAConfig.preset("tiny"), operations=ops)
+    plain = [n for n, m in model.named_modules()
+             if type(m) in (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.Conv2d, torch.nn.Conv3d)]
+    assert plain == [] and len(made) > 50
+
+
+def test_importing_moca_model_is_cheap():
+    import subprocess
+    import sys
+    code = ("import sys, moca_model; heavy = [m for m in ('onnxruntime', 'insightface', 'kornia', 'cv2', 'av') "
+            "if m in sys.modules]; import torch; print(heavy, torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] False"
