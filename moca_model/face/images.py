@@ -85,7 +85,13 @@ def _collect(obj: Any, out: list, max_side: int, top: bool = False) -> None:
 
 
 def _from_array(arr, out: list, max_side: int, kind: str) -> None:
-    t = torch.from_numpy(np.ascontiguousarray(arr)) if isinstance(arr, np.ndarray) else arr
+    if isinstance(arr, np.ndarray):
+        if arr.dtype.kind not in "biuf":
+            raise FaceInputError(
+                f"Image {len(out)}: unsupported numpy dtype {arr.dtype}; use uint8, uint16 or float 0..1.")
+        if arr.dtype in (np.uint32, np.uint64):
+            arr = arr.astype(np.int64)
+    t = _as_tensor(arr) if isinstance(arr, np.ndarray) else arr
     if t.dtype == torch.bool:
         t = t.to(torch.uint8) * 255
     if t.is_complex() or t.dtype not in _KNOWN_DTYPES:
@@ -109,6 +115,15 @@ def _from_array(arr, out: list, max_side: int, kind: str) -> None:
         src = f"{kind}[{i}]" if kind == "IMAGE" else kind
         u8 = t[i].cpu().numpy() if t.dtype == torch.uint8 and t.shape[-1] == 3 else None
         out.append(_finish(img, len(out), src, notes, max_side, u8))
+
+
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """Share memory with a (possibly read-only) array; it is only ever read."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 _KNOWN_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
@@ -204,16 +219,16 @@ def _from_pil(img, index: int, source: str, max_side: int) -> LoadedImage:
         img = img.reduce(f)  # cheap box reduction before the float conversion
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.int32)
+        arr = np.array(img).astype(np.int32)
         arr = arr.reshape(img.size[1], img.size[0], -1)
     elif mode == "F":
-        arr = np.asarray(img, dtype=np.float32).reshape(img.size[1], img.size[0], 1)
+        arr = np.array(img, dtype=np.float32).reshape(img.size[1], img.size[0], 1)
     elif mode in ("RGBA", "LA", "PA", "P", "RGBa", "La"):
-        arr = np.asarray(img.convert("RGBA"))
+        arr = np.array(img.convert("RGBA"))
     elif mode in ("L", "1"):
-        arr = np.asarray(img.convert("L"))[..., None]
+        arr = np.array(img.convert("L"))[..., None]
     else:
-        arr = np.asarray(img.convert("RGB"))
+        arr = np.array(img.convert("RGB"))
     loaded_notes: list[str] = []
     arr = np.ascontiguousarray(arr)
     t = _to_unit_float(torch.from_numpy(arr), loaded_notes)

@@ -138,11 +138,12 @@ def find_pack(models_root, pack: str = DEFAULT_PACK) -> FacePack:
             f"MoCA never downloads models."
         )
     best: tuple[int, Path, list[str], list[str]] | None = None  # (score, folder, missing, bad)
-    zips: list[Path] = []
+    zip_name = f"{spec.name}.zip"
+    zips = [p for p in dict.fromkeys([root / "models" / zip_name, root / zip_name] + [
+        f / zip_name for f in candidate_folders(root, spec.name)]) if p.is_file()]
     for folder in candidate_folders(root, spec.name):
         if not folder.is_dir():
             continue
-        zips += [p for p in (folder / f"{spec.name}.zip", folder.parent / f"{spec.name}.zip") if p.is_file()]
         missing = [f for f in spec.required if not (folder / f).is_file()]
         bad = []
         for f in spec.required:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ EMBED_DIM = 512
 STRIDE_RANGES = ((8, 0.0, 64.0), (16, 64.0, 128.0), (32, 128.0, 1e9))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TinyFace:
     """A face the tiny detector reports, in the pixels of an image of ``image_size`` (W, H)."""
 
@@ -64,7 +65,7 @@ def _onnx():
 def build_detector(faces=(), image_size=ASTRONAUT_SIZE, with_kps: bool = True, batched: bool = False):
     """An SCRFD-contract ``onnx.ModelProto`` reporting ``faces`` (see module doc)."""
     onnx, TP, h, nh = _onnx()
-    faces = [f if isinstance(f, TinyFace) else TinyFace(**f) for f in faces]
+    faces = [_face(f) for f in faces]
     W0, H0 = float(image_size[0]), float(image_size[1])
     nodes, inits = [], []
 
@@ -243,15 +244,32 @@ def make_tiny_pack(root, pack: str = "antelopev2", faces=(ASTRONAUT_FACE,), imag
     Layout: ``<root>/models/<pack>/`` (``nested``: ``<root>/models/<pack>/<pack>/``). ``root`` plays the
     part of ``ComfyUI/models/insightface``. ``faces``: TinyFace (or dicts) in pixels of ``image_size``.
     """
-    onnx = _onnx()[0]
     spec = pack_spec(pack)
     folder = Path(root) / "models" / spec.name
     if nested:
         folder = folder / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_detector(faces, image_size, with_kps, batched), str(folder / spec.detector))
-    onnx.save(build_recognizer(rec_seed, mxnet_style, fixed_batch), str(folder / spec.recognizer))
+    faces = tuple(_face(f) for f in faces)
+    (folder / spec.detector).write_bytes(_detector_bytes(faces, tuple(image_size), with_kps, batched))
+    (folder / spec.recognizer).write_bytes(_recognizer_bytes(rec_seed, mxnet_style, fixed_batch))
     if optional:
         for name in spec.optional:  # present but unused by MoCA; any valid ONNX file will do
-            onnx.save(build_recognizer(rec_seed), str(folder / name))
+            (folder / name).write_bytes(_recognizer_bytes(rec_seed, False, False))
     return folder
+
+
+def _face(f) -> TinyFace:
+    if isinstance(f, TinyFace):
+        return TinyFace(tuple(map(float, f.box)), tuple(tuple(map(float, p)) for p in f.kps), float(f.score),
+                        float(f.max_det_px))
+    return _face(TinyFace(**f))
+
+
+@lru_cache(maxsize=64)
+def _detector_bytes(faces, image_size, with_kps, batched) -> bytes:
+    return build_detector(faces, image_size, with_kps, batched).SerializeToString()
+
+
+@lru_cache(maxsize=8)
+def _recognizer_bytes(seed, mxnet_style, fixed_batch) -> bytes:
+    return build_recognizer(seed, mxnet_style, fixed_batch).SerializeToString()
