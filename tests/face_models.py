@@ -55,9 +55,9 @@ def canvas_with_faces(size=(768, 512), placements=((40, 200, 0.6), (260, 120, 1.
     for x, y, s in placements:
         n = round((x1 - x0) * s)
         patch = np.asarray(head.resize((n, n), Image.BILINEAR))
-        h = min(n, size[1] - y)
-        w = min(n, size[0] - x)
-        canvas[y:y + h, x:x + w] = patch[:h, :w]
+        cx0, cy0 = max(0, x), max(0, y)  # the part of the patch inside the canvas
+        cx1, cy1 = min(size[0], x + n), min(size[1], y + n)
+        canvas[cy0:cy1, cx0:cx1] = patch[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
         k = n / (x1 - x0)
         faces.append(map_face(ASTRONAUT_FACE, k, x - x0 * k, y - y0 * k))
     return canvas, faces
@@ -66,21 +66,28 @@ def canvas_with_faces(size=(768, 512), placements=((40, 200, 0.6), (260, 120, 1.
 def marker_image(points, size=(512, 512), sigma: float = 1.5) -> np.ndarray:
     """Black float image [H, W, 3] with a Gaussian blob (peak 1) at each float point (x, y)."""
     w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.zeros((h, w), np.float64)
+    img = np.zeros((h, w), np.float32)
+    r = int(np.ceil(5 * sigma))
     for x, y in points:
-        img = np.maximum(img, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2)))
-    return np.repeat(img[..., None], 3, -1).astype(np.float32)
+        x0, x1 = max(0, int(x) - r), min(w, int(x) + r + 2)
+        y0, y1 = max(0, int(y) - r), min(h, int(y) + r + 2)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+        img[y0:y1, x0:x1] = np.maximum(img[y0:y1, x0:x1], blob)
+    return np.repeat(img[..., None], 3, -1)
 
 
 def blob_centroids(img: np.ndarray, near, radius: float = 5.0) -> np.ndarray:
     """Intensity-weighted centroid of ``img`` [H, W(, C)] within ``radius`` of each expected point."""
-    g = img[..., 0] if img.ndim == 3 else img
+    g = (img[..., 0] if img.ndim == 3 else img).astype(np.float64)
     h, w = g.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = int(np.ceil(radius)) + 1
     out = []
     for x, y in near:
-        m = ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2) * g
+        x0, x1 = max(0, int(x) - r), min(w, int(x) + r + 2)
+        y0, y1 = max(0, int(y) - r), min(h, int(y) + r + 2)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        m = ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2) * g[y0:y1, x0:x1]
         out.append([(m * xx).sum() / m.sum(), (m * yy).sum() / m.sum()])
     return np.array(out)
 
