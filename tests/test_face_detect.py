@@ -152,6 +152,8 @@ def test_index_beyond_faces_names_image_and_count(group):
     ({"fusion": "max"}, "fusion='max'"),
     ({"index": -1}, "index=-1"),
     ({"crop_size": 32}, "crop_size=32"),
+    ({"det_size": 100}, "multiple of 32"),
+    ({"det_thresh": 0}, "between 0 and 1"),
 ])
 def test_bad_options(tiny_analyzer, astronaut, kw, needle):
     with pytest.raises(FaceOptionError, match=needle):

@@ -136,17 +136,20 @@ def test_tiny_and_blurry_faces_are_flagged(tmp_path, astronaut):
     assert q2.sharpness < q.sharpness / 2
 
 
-def test_face_px_is_in_original_pixels_for_huge_photos(tmp_path, astronaut):
+def test_face_px_is_in_original_pixels_for_huge_photos(tmp_path, astronaut, monkeypatch):
     from PIL import Image
 
-    big = np.asarray(Image.fromarray(astronaut).resize((4608, 4608), Image.BILINEAR))
-    face = face_models.map_face(face_models.ASTRONAUT_FACE, 9, 4, 4)  # (p + .5) * 9 - .5
-    face_models.make_tiny_pack(tmp_path, faces=[face], image_size=(4608, 4608))
+    from moca_model.face import images
+
+    monkeypatch.setattr(images, "MAX_SIDE", 1024)  # as a 4608 px photo against the default 4096
+    big = np.asarray(Image.fromarray(astronaut).resize((1536, 1536), Image.BILINEAR))
+    face = face_models.map_face(face_models.ASTRONAUT_FACE, 3, 1, 1)  # (p + .5) * 3 - .5
+    face_models.make_tiny_pack(tmp_path, faces=[face], image_size=(1536, 1536))
     an = FaceAnalyzer.load(tmp_path, backend="onnxruntime")
     ident = an.encode(big)
     q = ident.quality[0]
-    assert abs(q.face_px - 42.57 * 9) < 2
-    assert ident.metadata["image_notes"]["0"] == ["downscaled from 4608x4608 to 4096x4096"]
+    assert abs(q.face_px - 42.57 * 3) < 1
+    assert ident.metadata["image_notes"]["0"] == ["downscaled from 1536x1536 to 1024x1024"]
 
 
 def test_pose_from_landmarks():

@@ -98,14 +98,29 @@ def test_exif_orientation_is_honoured(tmp_path, astronaut):
 
 
 def test_huge_image_is_downscaled_on_load(tmp_path, astronaut):
-    big = np.asarray(Image.fromarray(astronaut).resize((6144, 6144), Image.NEAREST))
-    o = load_images(big, max_side=4096)[0]
-    assert o.pixels.shape == (4096, 4096, 3) and o.original_size == (6144, 6144)
-    assert abs(o.scale - 4096 / 6144) < 1e-9 and any("downscaled" in n for n in o.notes)
+    # the same code paths as a 50-megapixel photo against the default MAX_SIDE of 4096, at a test-friendly scale
+    big = np.asarray(Image.fromarray(astronaut).resize((1536, 1536), Image.NEAREST))
+    o = load_images(big, max_side=1024)[0]
+    assert o.pixels.shape == (1024, 1024, 3) and o.original_size == (1536, 1536)
+    assert abs(o.scale - 1024 / 1536) < 1e-9 and any("downscaled" in n for n in o.notes)
     p = tmp_path / "big.jpg"
-    Image.fromarray(big[:, :5000]).save(p, quality=80)
-    o = load_images(p)[0]
-    assert max(o.size) <= 4096 and o.original_size == (5000, 6144)
+    Image.fromarray(big[:, :1300]).save(p, quality=80)
+    o = load_images(p, max_side=1024)[0]
+    assert max(o.size) <= 1024 and o.original_size == (1300, 1536)
+    huge = np.zeros((2400, 160, 3), np.uint8)  # > 2x max_side: decoded at reduced scale (JPEG draft)
+    huge[::7] = 200
+    Image.fromarray(huge).save(p, quality=70)
+    o = load_images(p, max_side=1024)[0]
+    assert o.size == (68, 1024) and o.original_size == (160, 2400) and abs(o.scale - 68 / 160) < 1e-9
+    assert any("downscaled from 160x2400" in n for n in o.notes)
+
+
+def test_default_max_side_is_4096():
+    from moca_model.face import images
+
+    assert images.MAX_SIDE == 4096
+    o = load_images(np.zeros((10, 4100, 3), np.uint8))[0]
+    assert o.size == (4096, 10)
 
 
 def test_missing_file_names_index_and_path(tmp_path, astronaut):

@@ -25,6 +25,13 @@ DEFAULT_CROP_SIZE = 256
 DEFAULT_OUTLIER_THRESHOLD = 0.2
 
 
+def check_det_size(det_size) -> int:
+    """SCRFD needs a multiple of its largest stride (32)."""
+    if int(det_size) < 64 or int(det_size) % 32:
+        raise FaceOptionError(f"det_size={det_size} must be a multiple of 32 and at least 64 (640 is usual).")
+    return int(det_size)
+
+
 def _check(name: str, value: str, choices) -> str:
     v = str(value).strip().lower()
     if v not in choices:
@@ -77,8 +84,7 @@ class FaceAnalyzer:
         provider: auto | cuda | cpu | rocm | directml | coreml | openvino | tensorrt (or a full ORT name).
         backend: auto (insightface when it imports, else onnxruntime) | insightface | onnxruntime.
         """
-        if int(det_size) < 64 or int(det_size) % 32:
-            raise FaceOptionError(f"det_size={det_size} must be a multiple of 32 and at least 64 (640 is usual).")
+        check_det_size(det_size)
         if not 0.0 < float(det_thresh) < 1.0:
             raise FaceOptionError(f"det_thresh={det_thresh} must be between 0 and 1 (0.5 is usual).")
         found = find_pack(models_root, pack)
@@ -93,8 +99,10 @@ class FaceAnalyzer:
     def detect_loaded(self, img: LoadedImage, det_size: int | None = None, det_thresh: float | None = None,
                       fallback: bool = True) -> tuple:
         """(faces sorted by score, the sizes tried) for one loaded image."""
-        size = int(det_size or self.det_size)
+        size = check_det_size(det_size or self.det_size)
         thr = float(self.det_thresh if det_thresh is None else det_thresh)
+        if not 0.0 < thr < 1.0:
+            raise FaceOptionError(f"det_thresh={det_thresh} must be between 0 and 1 (0.5 is usual).")
         sizes = fallback_sizes(size) if fallback else [size]
         if self.backend.det_fixed_size:
             sizes = [self.backend.det_fixed_size]

@@ -48,8 +48,12 @@ class LoadedImage:
         return (self.pixels * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def load_images(images: Any, max_side: int = MAX_SIDE) -> list[LoadedImage]:
-    """Flatten and normalise ``images`` (see module doc). Raises :class:`FaceInputError` on bad input."""
+def load_images(images: Any, max_side: int | None = None) -> list[LoadedImage]:
+    """Flatten and normalise ``images`` (see module doc). Raises :class:`FaceInputError` on bad input.
+
+    max_side: longer side kept (default ``MAX_SIDE``); larger images are downscaled on load.
+    """
+    max_side = int(max_side or MAX_SIDE)
     out: list[LoadedImage] = []
     _collect(images, out, max_side, top=True)
     if not out:
@@ -187,6 +191,7 @@ def _from_path(path: Path, index: int, max_side: int) -> LoadedImage:
     try:
         Image.MAX_IMAGE_PIXELS = None  # a local photo, not an untrusted upload: huge is allowed
         img = Image.open(path)
+        file_size = img.size
         if img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (img.size[0] // 2, img.size[1] // 2))  # decode at reduced scale, fast
         img.load()
@@ -196,10 +201,10 @@ def _from_path(path: Path, index: int, max_side: int) -> LoadedImage:
         raise FaceInputError(f"Image {index}: {path} cannot be decoded ({e}); the file may be truncated.") from e
     finally:
         Image.MAX_IMAGE_PIXELS = old
-    return _from_pil(img, index, str(path), max_side)
+    return _from_pil(img, index, str(path), max_side, file_size)
 
 
-def _from_pil(img, index: int, source: str, max_side: int) -> LoadedImage:
+def _from_pil(img, index: int, source: str, max_side: int, file_size=None) -> LoadedImage:
     from PIL import ImageOps
 
     notes: list[str] = []
@@ -207,7 +212,7 @@ def _from_pil(img, index: int, source: str, max_side: int) -> LoadedImage:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
         orientation = 1
-    original = img.size
+    original = tuple(file_size or img.size)  # before any JPEG draft reduction
     if orientation not in (None, 1):
         try:
             img = ImageOps.exif_transpose(img)
@@ -234,6 +239,9 @@ def _from_pil(img, index: int, source: str, max_side: int) -> LoadedImage:
     t = _to_unit_float(torch.from_numpy(arr), loaded_notes)
     u8 = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else None
     out = _finish(t, index, source, notes + loaded_notes, max_side, u8)
-    if out.original_size != original:
-        out.original_size = (original[1], original[0]) if orientation in (5, 6, 7, 8) else original
+    out.original_size = (original[1], original[0]) if orientation in (5, 6, 7, 8) else original
+    out.notes = [n for n in out.notes if not n.startswith("downscaled")]
+    if out.size != out.original_size:  # JPEG draft, box reduction and/or the antialiased resize
+        w, h = out.original_size
+        out.notes.append(f"downscaled from {w}x{h} to {out.size[0]}x{out.size[1]}")
     return out
