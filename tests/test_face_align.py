@@ -83,6 +83,13 @@ def test_kornia_warp_matches_opencv(astronaut):
     assert np.abs(crops[0].numpy() - ref).max() <= 1.0 / 255 + 1e-6  # OpenCV rounds to uint8
 
 
+def test_uint8_and_float_images_align_the_same(astronaut):
+    k = torch.from_numpy(KPS)[None]
+    a, _, _ = A.align_faces(torch.from_numpy(astronaut), k, 256, A.LOCAL_MARGIN, A.LOCAL_CENTER)
+    b, _, _ = A.align_faces(torch.from_numpy(astronaut).float() / 255, k, 256, A.LOCAL_MARGIN, A.LOCAL_CENTER)
+    assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-6)
+
+
 def test_large_face_is_prefiltered_without_shifting_it(astronaut):
     """A 6x larger copy of the photo gives the same aligned crop (antialiased path, region read only)."""
     from PIL import Image

@@ -13,7 +13,18 @@ def test_comfy_image_batch(astronaut):
     assert [o.index for o in out] == [0, 1, 2] and out[2].source == "IMAGE[2]"
     assert out[0].pixels.shape == (512, 512, 3) and out[0].pixels.dtype == torch.float32
     assert torch.equal(out[1].pixels, x[1])
+    assert out[1].data.data_ptr() == x[1].data_ptr()  # a view of the batch, no copy
     np.testing.assert_array_equal(out[0].uint8(), astronaut)
+
+
+def test_8bit_sources_stay_8bit(astronaut, tmp_path):
+    """4x less memory per reference; alignment converts only the face region to float."""
+    p = tmp_path / "a.png"
+    Image.fromarray(astronaut).save(p)
+    for src in (astronaut, Image.fromarray(astronaut), p, np.dstack([astronaut, np.full((512, 512), 255, np.uint8)])):
+        o = load_images(src)[0]
+        assert o.data.dtype == torch.uint8 and o.data.shape == (512, 512, 3)
+        np.testing.assert_array_equal(o.uint8(), astronaut)
 
 
 def test_mixed_list_flattens_in_order(astronaut, tmp_path):

@@ -7,6 +7,7 @@ torch and runs on whatever device the inputs are on.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,21 @@ ARCFACE_SIZE = 112
 LOCAL_MARGIN = 1.8
 LOCAL_CENTER = (56.0, 50.0)
 DOWNSCALE_ANTIALIAS_BELOW = 0.75  # warp scales below this are pre-filtered (no aliasing on big faces)
+
+
+@contextmanager
+def _small_work(device: torch.device):
+    """One intra-op thread for these tiny CPU warps: with a shared, busy CPU (ComfyUI next to
+    onnxruntime's own pool) several OpenMP threads make them 5-20x slower, one never does."""
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def template(size: int = ARCFACE_SIZE, margin: float = 1.0, center=(56.0, 56.0)) -> torch.Tensor:
@@ -100,8 +116,9 @@ def _warp_one(img: torch.Tensor, m: torch.Tensor, size: int, antialias: bool) ->
     x1 = int(min(w, math.ceil(float(src[:, 0].max())) + 3))
     y1 = int(min(h, math.ceil(float(src[:, 1].max())) + 3))
     if x1 <= x0 or y1 <= y0:  # the crop lies entirely outside the image
-        return torch.zeros(c, size, size, dtype=img.dtype, device=img.device)
+        return torch.zeros(c, size, size, dtype=torch.float32, device=img.device)
     roi = img[:, y0:y1, x0:x1]
+    roi = roi.float().div_(255.0) if roi.dtype == torch.uint8 else roi.float()
     a, t = m[:, :2], m[:, 2] + m[:, :2] @ torch.tensor([x0, y0], dtype=m.dtype, device=m.device)
     s = float(a.det().abs().sqrt())
     if antialias and s < DOWNSCALE_ANTIALIAS_BELOW:
@@ -114,36 +131,40 @@ def _warp_one(img: torch.Tensor, m: torch.Tensor, size: int, antialias: bool) ->
         t = t + a @ torch.tensor([0.5 / fx - 0.5, 0.5 / fy - 0.5], dtype=m.dtype, device=m.device)
         a = a_new
     m2 = torch.cat([a, t[:, None]], 1)
-    return warp(roi[None], m2[None].to(img.dtype), size)[0]
+    return warp(roi[None], m2[None].to(roi.dtype), size)[0]
 
 
 def align_faces(image: torch.Tensor, kps: torch.Tensor, size: int = ARCFACE_SIZE, margin: float = 1.0,
                 center=(56.0, 56.0), antialias: bool = True):
     """Aligned crops of the faces of one image.
 
-    image: [H, W, 3] float 0..1; kps: [F, 5, 2] landmarks in image pixels.
+    image: [H, W, 3] float 0..1 or uint8 (only the face regions are converted); kps: [F, 5, 2] image pixels.
     Returns (crops [F, size, size, 3] float 0..1, M [F, 2, 3] image -> crop, kps_in_crop [F, 5, 2]).
     """
     kps = torch.as_tensor(kps, dtype=torch.float32, device=image.device).reshape(-1, 5, 2)
     m = estimate_similarity(kps, template(size, margin, center))  # [F, 2, 3]
     chw = image.permute(2, 0, 1)
     if kps.shape[0] == 0:
-        return image.new_zeros(0, size, size, 3), m, kps
-    crops = torch.stack([_warp_one(chw, m[i], size, antialias) for i in range(kps.shape[0])])
-    return crops.permute(0, 2, 3, 1).clamp(0, 1).contiguous(), m, transform_points(m, kps)
+        return torch.zeros(0, size, size, 3, device=image.device), m, kps
+    with _small_work(image.device):
+        crops = torch.stack([_warp_one(chw, m[i], size, antialias) for i in range(kps.shape[0])])
+        crops = crops.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
+    return crops, m, transform_points(m, kps)
 
 
 def align_batch(images: torch.Tensor, kps: torch.Tensor, size: int = ARCFACE_SIZE, margin: float = 1.0,
                 center=(56.0, 56.0), antialias: bool = True):
     """One face per image, for a batch of same-size images (video frames).
 
-    images: [B, H, W, 3] float 0..1; kps: [B, 5, 2]. Returns (crops [B, size, size, 3], M [B, 2, 3]).
+    images: [B, H, W, 3] float 0..1 (or uint8); kps: [B, 5, 2]. Returns (crops [B, size, size, 3], M [B, 2, 3]).
     One kornia call for the whole batch unless some face needs the antialiased path.
     """
     kps = torch.as_tensor(kps, dtype=torch.float32, device=images.device).reshape(-1, 5, 2)
     m = estimate_similarity(kps, template(size, margin, center))
     if kps.shape[0] == 0:
-        return images.new_zeros(0, size, size, 3), m
+        return torch.zeros(0, size, size, 3, device=images.device), m
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
     if antialias and bool((similarity_scale(m) < DOWNSCALE_ANTIALIAS_BELOW).any()):
         crops = torch.stack([_warp_one(images[i].permute(2, 0, 1), m[i], size, True) for i in range(len(m))])
     else:

@@ -129,7 +129,9 @@ class FaceAnalyzer:
         return l2n(torch.from_numpy(np.asarray(feats, np.float32)).reshape(crops112.shape[0], -1))
 
     def align(self, image: torch.Tensor, kps, crop_size: int = DEFAULT_CROP_SIZE) -> tuple:
-        """(crops112 [F, 112, 112, 3], local crops [F, S, S, 3]) of the faces with landmarks kps [F, 5, 2]."""
+        """(crops112 [F, 112, 112, 3], local crops [F, S, S, 3]) of the faces with landmarks kps [F, 5, 2].
+
+        image: [H, W, 3] float 0..1 or uint8 (``LoadedImage.data``)."""
         img = image.to(self.device)
         c112, _, _ = A.align_faces(img, kps, self.backend.rec_size)
         loc, _, _ = A.align_faces(img, kps, crop_size, A.LOCAL_MARGIN, A.LOCAL_CENTER)
@@ -197,7 +199,7 @@ class FaceAnalyzer:
         c112, loc, quality = [], [], []
         for img, face in chosen:
             kps = torch.from_numpy(face.kps)[None]
-            a, b = self.align(img.pixels, kps, crop_size)
+            a, b = self.align(img.data, kps, crop_size)
             c112.append(a)
             loc.append(b)
             yaw, pitch, roll = pose_from_landmarks(kps)[0].tolist()

@@ -23,18 +23,26 @@ ALPHA_BACKGROUND = 1.0  # transparent pixels become white (cut-out portraits usu
 
 @dataclass
 class LoadedImage:
-    """One normalised input image."""
+    """One normalised input image.
 
-    pixels: torch.Tensor  # [H, W, 3] float32 0..1 RGB
+    ``data`` is ``[H, W, 3]`` RGB, uint8 for 8-bit sources (4x less memory; alignment converts only the
+    face region) or float32 0..1 (IMAGE tensors are kept as views, 16-bit and float sources converted).
+    """
+
+    data: torch.Tensor  # [H, W, 3] uint8 or float32 0..1, RGB
     index: int  # position in the flattened input (0-based), used in every message
     source: str  # "IMAGE[2]", a file path, "numpy", "PIL"
     original_size: tuple  # (W, H) before any downscale
     notes: list = field(default_factory=list)
-    u8: np.ndarray | None = None  # [H, W, 3] uint8 copy when the input was 8-bit RGB (saves a conversion)
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """``[H, W, 3]`` float32 0..1 (a conversion for uint8 data, not cached)."""
+        return self.data.float().div_(255.0) if self.data.dtype == torch.uint8 else self.data
 
     @property
     def size(self) -> tuple:
-        return (int(self.pixels.shape[1]), int(self.pixels.shape[0]))
+        return (int(self.data.shape[1]), int(self.data.shape[0]))
 
     @property
     def scale(self) -> float:
@@ -43,9 +51,9 @@ class LoadedImage:
 
     def uint8(self) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB (what insightface-style detectors read)."""
-        if self.u8 is not None:
-            return self.u8
-        return (self.pixels * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        if self.data.dtype == torch.uint8:
+            return self.data.cpu().numpy()
+        return (self.data * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def load_images(images: Any, max_side: int | None = None) -> list[LoadedImage]:
@@ -114,11 +122,18 @@ def _from_array(arr, out: list, max_side: int, kind: str) -> None:
     if t.shape[1] < 2 or t.shape[2] < 2:
         raise FaceInputError(f"Image {len(out)}: {kind} of shape {list(arr.shape)} is too small to hold a face.")
     for i in range(t.shape[0]):
-        notes: list[str] = []
-        img = _to_unit_float(t[i], notes)
         src = f"{kind}[{i}]" if kind == "IMAGE" else kind
-        u8 = t[i].cpu().numpy() if t.dtype == torch.uint8 and t.shape[-1] == 3 else None
-        out.append(_finish(img, len(out), src, notes, max_side, u8))
+        out.append(_normalise(t[i], len(out), src, [], max_side))
+
+
+def _normalise(t: torch.Tensor, index: int, source: str, notes: list, max_side: int) -> LoadedImage:
+    """[H, W, C] any supported dtype -> LoadedImage (8-bit RGB within max_side is kept as it is)."""
+    h, w, c = t.shape
+    if c == 3 and max(h, w) <= max_side and (t.dtype == torch.uint8 or t.dtype == torch.float32):
+        if t.dtype == torch.uint8 or (t.numel() and float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
+            return LoadedImage(t, index, source, (w, h), notes)
+    img = _to_unit_float(t, notes)
+    return _finish(img, index, source, notes, max_side, keep_uint8=t.dtype == torch.uint8)
 
 
 def _as_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -155,8 +170,9 @@ def _to_unit_float(t: torch.Tensor, notes: list) -> torch.Tensor:
     return t.float().div_(255.0).clamp_(0.0, 1.0)
 
 
-def _finish(img: torch.Tensor, index: int, source: str, notes: list, max_side: int, u8=None) -> LoadedImage:
-    """float ``[H, W, C]`` -> RGB ``[H, W, 3]``, downscaled to ``max_side``."""
+def _finish(img: torch.Tensor, index: int, source: str, notes: list, max_side: int,
+            keep_uint8: bool = False) -> LoadedImage:
+    """float ``[H, W, C]`` -> RGB ``[H, W, 3]``, downscaled to ``max_side`` (back to uint8 for 8-bit sources)."""
     h, w, c = img.shape
     if c in (2, 4):
         alpha = img[..., -1:]
@@ -175,8 +191,9 @@ def _finish(img: torch.Tensor, index: int, source: str, notes: list, max_side: i
         img = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True,
                                               align_corners=False)[0].permute(1, 2, 0).clamp_(0, 1)
         notes.append(f"downscaled from {w}x{h} to {nw}x{nh}")
-        u8 = None
-    return LoadedImage(img.contiguous(), index, source, (w, h), notes, u8)
+    if keep_uint8:
+        img = (img * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return LoadedImage(img.contiguous(), index, source, (w, h), notes)
 
 
 def _from_path(path: Path, index: int, max_side: int) -> LoadedImage:
@@ -234,11 +251,7 @@ def _from_pil(img, index: int, source: str, max_side: int, file_size=None) -> Lo
         arr = np.array(img.convert("L"))[..., None]
     else:
         arr = np.array(img.convert("RGB"))
-    loaded_notes: list[str] = []
-    arr = np.ascontiguousarray(arr)
-    t = _to_unit_float(torch.from_numpy(arr), loaded_notes)
-    u8 = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else None
-    out = _finish(t, index, source, notes + loaded_notes, max_side, u8)
+    out = _normalise(torch.from_numpy(np.ascontiguousarray(arr)), index, source, notes, max_side)
     out.original_size = (original[1], original[0]) if orientation in (5, 6, 7, 8) else original
     out.notes = [n for n in out.notes if not n.startswith("downscaled")]
     if out.size != out.original_size:  # JPEG draft, box reduction and/or the antialiased resize

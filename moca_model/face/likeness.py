@@ -82,7 +82,7 @@ def likeness_scores(analyzer, frames, identity: FaceIdentity, select: str = "lar
     sims = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        crops = torch.cat([A.align_faces(loaded[i].pixels.to(analyzer.device), torch.from_numpy(f.kps)[None],
+        crops = torch.cat([A.align_faces(loaded[i].data.to(analyzer.device), torch.from_numpy(f.kps)[None],
                                          analyzer.backend.rec_size)[0].cpu() for i, f in chunk])
         sims += (analyzer.embed(crops) @ ref).tolist()
     best: dict = {}
