@@ -240,3 +240,17 @@ def test_missing_insightface_is_reported(tiny_root, monkeypatch):
     monkeypatch.setattr(backends, "_notice_logged", set())
     an = FaceAnalyzer.load(tiny_root)
     assert "insightface is not installed" in an.report and an.notice.startswith("insightface is not installed")
+
+
+def test_insightface_that_cannot_load_the_pack_falls_back(tiny_root, astronaut, monkeypatch):
+    mod = insightface_or_skip()
+
+    def broken(*a, **k):
+        raise AttributeError("module 'insightface.model_zoo' has no attribute 'get_model'")
+
+    monkeypatch.setattr(backends, "InsightFaceBackend", broken)
+    monkeypatch.setattr(backends, "_notice_logged", set())
+    an = FaceAnalyzer.load(tiny_root)
+    assert "via onnxruntime" in an.report and f"insightface {mod.__version__} could not load the pack" in an.report
+    with pytest.raises(FaceBackendError, match="could not load the antelopev2 pack"):
+        FaceAnalyzer.load(tiny_root, backend="insightface")

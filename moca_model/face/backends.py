@@ -13,7 +13,7 @@ import numpy as np
 
 from . import providers as prov
 from .detector import SCRFDOnnx
-from .errors import FaceBackendError, FaceOptionError
+from .errors import FaceBackendError, FaceError, FaceOptionError
 from .packs import FacePack
 from .recognizer import ArcFaceOnnx
 
@@ -137,7 +137,17 @@ def open_backend(pack: FacePack, provider: str = "auto", backend: str = "auto"):
         return OnnxRuntimeBackend(pack, provider), None
     module, reason = import_insightface()
     if module is not None:
-        return InsightFaceBackend(pack, provider, module), None
+        try:
+            return InsightFaceBackend(pack, provider, module), None
+        except FaceError:
+            raise  # pack / provider problems: the onnxruntime path would hit them too
+        except Exception as e:  # an insightface release that no longer fits: never the reason faces fail
+            if b == "insightface":
+                raise FaceBackendError(
+                    f"insightface {getattr(module, '__version__', '?')} could not load the {pack.name} pack "
+                    f"({type(e).__name__}: {e}). Choose backend 'auto' or 'onnxruntime'.") from e
+            reason = (f"insightface {getattr(module, '__version__', '?')} could not load the pack "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
     if b == "insightface":
         raise FaceBackendError(
             f"backend='insightface' was requested but {reason}. Choose backend 'auto' or 'onnxruntime' to run "
@@ -147,5 +157,5 @@ def open_backend(pack: FacePack, provider: str = "auto", backend: str = "auto"):
     notice = f"{reason}; running the {pack.name} ONNX files with onnxruntime directly (same results)"
     if notice not in _notice_logged:
         _notice_logged.add(notice)
-        (log.warning if "failed" in reason else log.info)("MoCA face: %s", notice)
+        (log.info if "not installed" in reason else log.warning)("MoCA face: %s", notice)
     return OnnxRuntimeBackend(pack, provider), notice
