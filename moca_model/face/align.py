@@ -7,10 +7,11 @@ torch and runs on whatever device the inputs are on.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+from .threads import single_thread
 
 # insightface ``utils/face_align.py: arcface_dst``: left eye, right eye, nose tip, left and right mouth
 # corner ("left" = image left) in the 112x112 ArcFace crop.
@@ -25,21 +26,6 @@ ARCFACE_SIZE = 112
 LOCAL_MARGIN = 1.8
 LOCAL_CENTER = (56.0, 50.0)
 DOWNSCALE_ANTIALIAS_BELOW = 0.75  # warp scales below this are pre-filtered (no aliasing on big faces)
-
-
-@contextmanager
-def _small_work(device: torch.device):
-    """One intra-op thread for these tiny CPU warps: with a shared, busy CPU (ComfyUI next to
-    onnxruntime's own pool) several OpenMP threads make them 5-20x slower, one never does."""
-    if device.type != "cpu":
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def template(size: int = ARCFACE_SIZE, margin: float = 1.0, center=(56.0, 56.0)) -> torch.Tensor:
@@ -146,7 +132,7 @@ def align_faces(image: torch.Tensor, kps: torch.Tensor, size: int = ARCFACE_SIZE
     chw = image.permute(2, 0, 1)
     if kps.shape[0] == 0:
         return torch.zeros(0, size, size, 3, device=image.device), m, kps
-    with _small_work(image.device):
+    with single_thread(image.device):
         crops = torch.stack([_warp_one(chw, m[i], size, antialias) for i in range(kps.shape[0])])
         crops = crops.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
     return crops, m, transform_points(m, kps)

@@ -17,6 +17,7 @@ from .packs import DEFAULT_PACK, find_pack
 from .providers import describe, warn_duplicate_onnxruntime_once
 from .quality import FaceQuality, eye_distance, pose_from_landmarks, sharpness, warnings_for
 from .recognizer import crops_to_blob
+from .threads import single_thread
 
 SELECT_CHOICES = ("largest", "index", "left_to_right")
 NO_FACE_CHOICES = ("error", "skip")
@@ -197,20 +198,22 @@ class FaceAnalyzer:
         t_det = time.perf_counter()
 
         c112, loc, quality = [], [], []
-        for img, face in chosen:
-            kps = torch.from_numpy(face.kps)[None]
-            a, b = self.align(img.data, kps, crop_size)
-            c112.append(a)
-            loc.append(b)
-            yaw, pitch, roll = pose_from_landmarks(kps)[0].tolist()
-            quality.append(FaceQuality(
-                image_index=img.index, det_score=round(face.score, 4), box=[round(float(v), 2) for v in face.box],
-                kps=[[round(float(x), 2), round(float(y), 2)] for x, y in face.kps],
-                face_px=round(float(eye_distance(kps)[0]) / img.scale, 1), yaw=round(yaw, 1),
-                pitch=round(pitch, 1), roll=round(roll, 1), sharpness=0.0, det_size=face.det_size))
-        crops112, crops = torch.cat(c112), torch.cat(loc)
-        for q, s in zip(quality, sharpness(crops112).tolist()):
-            q.sharpness = round(float(s), 1)
+        with single_thread(self.device):  # many small tensors: OpenMP only adds waiting
+            for img, face in chosen:
+                kps = torch.from_numpy(face.kps)[None]
+                a, b = self.align(img.data, kps, crop_size)
+                c112.append(a)
+                loc.append(b)
+                yaw, pitch, roll = pose_from_landmarks(kps)[0].tolist()
+                quality.append(FaceQuality(
+                    image_index=img.index, det_score=round(face.score, 4),
+                    box=[round(float(v), 2) for v in face.box],
+                    kps=[[round(float(x), 2), round(float(y), 2)] for x, y in face.kps],
+                    face_px=round(float(eye_distance(kps)[0]) / img.scale, 1), yaw=round(yaw, 1),
+                    pitch=round(pitch, 1), roll=round(roll, 1), sharpness=0.0, det_size=face.det_size))
+            crops112, crops = torch.cat(c112), torch.cat(loc)
+            for q, s in zip(quality, sharpness(crops112).tolist()):
+                q.sharpness = round(float(s), 1)
         t_align = time.perf_counter()
         emb = self.embed(crops112)
         t_emb = time.perf_counter()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import FaceImageNotFoundError, FaceInputError
+from .threads import single_thread
 
 MAX_SIDE = 4096  # longer side kept after loading; faces stay far larger than the 256 px crops
 ALPHA_BACKGROUND = 1.0  # transparent pixels become white (cut-out portraits usually sit on white)
@@ -53,7 +54,8 @@ class LoadedImage:
         """``[H, W, 3]`` uint8 RGB (what insightface-style detectors read)."""
         if self.data.dtype == torch.uint8:
             return self.data.cpu().numpy()
-        return (self.data * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        with single_thread(self.data.device):
+            return (self.data * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def load_images(images: Any, max_side: int | None = None) -> list[LoadedImage]:
@@ -130,10 +132,15 @@ def _normalise(t: torch.Tensor, index: int, source: str, notes: list, max_side: 
     """[H, W, C] any supported dtype -> LoadedImage (8-bit RGB within max_side is kept as it is)."""
     h, w, c = t.shape
     if c == 3 and max(h, w) <= max_side and (t.dtype == torch.uint8 or t.dtype == torch.float32):
-        if t.dtype == torch.uint8 or (t.numel() and float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
+        if t.dtype == torch.uint8:
             return LoadedImage(t, index, source, (w, h), notes)
-    img = _to_unit_float(t, notes)
-    return _finish(img, index, source, notes, max_side, keep_uint8=t.dtype == torch.uint8)
+        with single_thread(t.device):
+            lo, hi = torch.aminmax(t)
+        if float(lo) >= 0.0 and float(hi) <= 1.0:  # ComfyUI IMAGE: kept as a view, no copy
+            return LoadedImage(t, index, source, (w, h), notes)
+    with single_thread(t.device):
+        img = _to_unit_float(t, notes)
+        return _finish(img, index, source, notes, max_side, keep_uint8=t.dtype == torch.uint8)
 
 
 def _as_tensor(arr: np.ndarray) -> torch.Tensor:

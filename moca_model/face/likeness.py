@@ -14,6 +14,7 @@ from .analyzer import order_faces
 from .errors import FaceOptionError
 from .identity import FaceIdentity
 from .images import load_images
+from .threads import single_thread
 
 LIKENESS_SELECT = ("largest", "best")
 
@@ -82,8 +83,9 @@ def likeness_scores(analyzer, frames, identity: FaceIdentity, select: str = "lar
     sims = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        crops = torch.cat([A.align_faces(loaded[i].data.to(analyzer.device), torch.from_numpy(f.kps)[None],
-                                         analyzer.backend.rec_size)[0].cpu() for i, f in chunk])
+        with single_thread(analyzer.device):
+            crops = torch.cat([A.align_faces(loaded[i].data.to(analyzer.device), torch.from_numpy(f.kps)[None],
+                                             analyzer.backend.rec_size)[0].cpu() for i, f in chunk])
         sims += (analyzer.embed(crops) @ ref).tolist()
     best: dict = {}
     for (i, f), s in zip(jobs, sims):
