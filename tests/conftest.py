@@ -1,4 +1,8 @@
-"""Shared test setup: make the helper modules in tests/ importable (pytest runs in importlib mode)."""
+"""Shared pytest setup: the helper modules in tests/ are importable (pytest runs in importlib mode),
+torch is seeded for every test, and the face fixtures build tiny ONNX packs (no real antelopev2 is
+needed and nothing downloads)."""
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
@@ -7,10 +11,35 @@ import torch
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(TESTS))  # `import face_models`, `import wan_reference` from any test file
+
+import face_models  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """skimage's astronaut portrait, [512, 512, 3] uint8."""
+    return face_models.astronaut()
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    """A ComfyUI-style ``models/insightface`` folder holding a tiny antelopev2 pack (astronaut face)."""
+    face_models.make_tiny_pack(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzer(tmp_path_factory):
+    """FaceAnalyzer (onnxruntime backend) on a tiny antelopev2 pack that sees the astronaut's face."""
+    from moca_model.face import FaceAnalyzer
+
+    root = tmp_path_factory.mktemp("insightface")
+    face_models.make_tiny_pack(root)
+    return FaceAnalyzer.load(root, backend="onnxruntime")
