@@ -109,7 +109,8 @@ PRESETS: dict[str, MoCAConfig] = {
     "tiny": MoCAConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2,
                        moca_dim=128, moca_heads=2, id_dim=128,
                        num_global_tokens=4, num_local_tokens=8, resampler_depth=1),
-    "small": MoCAConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=4,
+    # small keeps the 1.3B model's proportions (ffn ~ 6x dim, moca_dim = dim / 2) at CPU-friendly width.
+    "small": MoCAConfig(dim=512, ffn_dim=3072, num_heads=4, num_layers=4,
                         moca_dim=256, moca_heads=2, id_dim=256,
                         num_global_tokens=4, num_local_tokens=16, resampler_depth=1),
     "wan2.1-1.3b": MoCAConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30,

@@ -74,6 +74,29 @@ class MoCADiT(nn.Module):
         from .checkpoint import load_backbone_into
         return load_backbone_into(self, source, strict=strict)
 
+    def load_adapter(self, source):
+        """Load MoCA adapter weights (a path to an adapter/combined file, or a MoCAAdapter). The adapter's
+        backbone fields (dim, layers, ...) must match this model; its MoCA fields may differ, in which case
+        the adapter is rebuilt with the file's config."""
+        from .checkpoint import CheckpointError, read_moca
+        if isinstance(source, MoCAAdapter):
+            config, state = source.config, source.state_dict()
+        else:
+            f = read_moca(source)
+            config, state = f.config, f.adapter_state
+        mine, theirs = self.config.backbone_fields(), config.backbone_fields()
+        diff = {k: (theirs[k], mine[k]) for k in mine if k != "eps" and mine[k] != theirs[k]}
+        if diff or config.num_layers != self.config.num_layers:
+            raise CheckpointError("This MoCA adapter was trained for another backbone: " + ", ".join(
+                f"{k}: adapter {a} vs model {b}" for k, (a, b) in diff.items()) +
+                ". Use an adapter made for this Wan 2.1 size.")
+        p = self.text_embedding[0].weight
+        if config != self.config:
+            self.config = config
+            self.adapter = MoCAAdapter(config, device=p.device, dtype=p.dtype)
+        self.adapter.load_state_dict({k: v.to(p.dtype) for k, v in state.items()})
+        return self
+
     def num_parameters(self, part: str = "backbone") -> int:
         if part == "adapter":
             return self.adapter.num_parameters()

@@ -70,6 +70,12 @@ def _plan_cpu(T: int, scales: tuple, experts: tuple):
             torch.tensor(kv_rows), torch.tensor(kv_valid))
 
 
+@lru_cache(maxsize=64)
+def _plan(T: int, scales: tuple, experts: tuple, device: torch.device) -> WindowPlan:
+    tensors = (t.to(device) for t in _plan_cpu(T, scales, experts))   # cached per device: no copies per step
+    return WindowPlan(T, experts, *tensors)
+
+
 class HierarchicalTemporalPooling(nn.Module):
     """Builds window plans for the configured scales and pools / un-pools along time."""
 
@@ -82,9 +88,7 @@ class HierarchicalTemporalPooling(nn.Module):
             raise ValueError(f"HTP needs at least one latent frame, got T={T}")
         if not experts:
             raise ValueError("HTP: no temporal scale is enabled; enable at least one scale")
-        tensors = _plan_cpu(int(T), self.scales, tuple(experts))
-        pool, row_expert, row_slot, centre, unpool, kv_rows, kv_valid = (t.to(device) for t in tensors)
-        return WindowPlan(T, tuple(experts), pool, row_expert, row_slot, centre, unpool, kv_rows, kv_valid)
+        return _plan(int(T), self.scales, tuple(experts), torch.device(device or "cpu"))
 
     @staticmethod
     def pool(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
@@ -95,3 +99,15 @@ class HierarchicalTemporalPooling(nn.Module):
     def unpool(y: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
         """[B, Tq, ...] -> [B, E_on, T, ...]: each window's value repeated over its frames, per expert."""
         return y[:, plan.unpool]
+
+    @staticmethod
+    def unpool_mix(y: torch.Tensor, weights: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """sum_e weights[..., e] * unpool_e(y): y [B, Tq, N, a], weights [B, T, N, E_on] -> [B, T, N, a].
+        One expert at a time, so the [B, E_on, T, N, a] stack is never materialised."""
+        out = None
+        for slot in range(weights.shape[-1]):
+            rows = plan.unpool[slot]
+            ye = y.index_select(1, rows)                                  # [B, T, N, a]
+            w = weights[..., slot:slot + 1]
+            out = ye.mul_(w) if out is None else out.addcmul_(ye, w)
+        return out

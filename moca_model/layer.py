@@ -48,7 +48,7 @@ class MoCALayer(nn.Module):
 
         xn = self.norm(x)                                                              # [B, L, D]
         plan = self.htp.plan(T, opts.experts, x.device)
-        y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, E_on, T, N, a]
+        y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, Tq, N, a]
         r = self.router(xn, vec, opts).to(y.dtype)                                     # [B, L, E_on]
-        mixed = torch.einsum("betna,btne->btna", y, r.view(B, T, h * w, -1))
+        mixed = self.htp.unpool_mix(y, r.view(B, T, h * w, -1), plan)                  # [B, T, N, a]
         return self.out(mixed.reshape(B, L, -1)) * opts.strength

@@ -9,7 +9,9 @@ from .options import ResolvedOptions
 
 
 class MoCARouter(nn.Module):
-    """Soft routing from LayerNorm(x) and the diffusion time embedding.
+    """Soft routing from LayerNorm(x) and the diffusion time embedding (the Wan block's time modulation
+    vector `vec`, averaged over its 6 chunks: a linear function of Wan's time embedding that every host
+    already passes to its blocks).
 
     Both projections are zero-initialised, so an untrained router weighs all experts equally.
     Inference knobs: temperature, top-k (0 = dense), disabled experts (dropped before the softmax) and

@@ -46,7 +46,7 @@ class TemporalAwareCrossAttention(nn.Module):
 
     def forward(self, xn: torch.Tensor, identity: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
         """xn [B, T, N, D] normalised video tokens; identity [B, M, D_id].
-        Returns each enabled expert's output, un-pooled to every frame: [B, E_on, T, N, moca_dim]."""
+        Returns every window's attention output, [B, Tq, N, moca_dim] (un-pool with `plan`)."""
         B, T, N, _ = xn.shape
         M, E, a, H = identity.shape[1], self.num_experts, self.inner, self.heads
         Tq, Tmax = plan.kv_rows.shape
@@ -78,5 +78,4 @@ class TemporalAwareCrossAttention(nn.Module):
             return t.reshape(B * Tq, t.shape[2], H, a // H).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        out = out.transpose(1, 2).reshape(B, Tq, N, a)
-        return HierarchicalTemporalPooling.unpool(out, plan)                          # [B, E_on, T, N, a]
+        return out.transpose(1, 2).reshape(B, Tq, N, a)

@@ -1,0 +1,29 @@
+# One command each for a fresh machine:  `make demo`  (the README's "run it")  and  `make test`.
+# Both create ./.venv and install what they need. TORCH is the torch requirement for that venv; the
+# default pins the CPU wheel CI machines carry. ComfyUI users never run this: ComfyUI owns torch.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.moca-installed
+
+.PHONY: test demo bench clean-venv
+
+$(STAMP): requirements.txt requirements-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m moca_model demo --out out/demo --overwrite
+
+bench: $(STAMP)
+	$(BIN)/python -m moca_model bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,158 @@
+"""`python -m moca_model bench`: what MoCA costs on top of the Wan backbone, measured side by side.
+
+CPU (default): the `small` preset at several latent frame counts; median forward time with identity vs
+identity=None (same weights, same inputs, runs interleaved), peak memory of one forward of each
+(torch profiler allocation timeline), the adapter's parameter share and the analytic FLOPs overhead for
+wan2.1-1.3b at 81 frames 480x832. The last line is `moca_overhead_ratio=<time ratio at the largest size>`.
+CUDA (`--device cuda`): wan2.1-1.3b dims, random weights, bf16, 81 frames at 480x832: seconds per model
+evaluation and peak VRAM with and without MoCA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from .config import MoCAConfig
+from .dit import MoCADiT
+from .flops import latent_grid, overhead
+
+
+def cpu_peak_bytes(fn) -> int:
+    """Peak of live CPU tensor memory during fn(), from the profiler's allocation timeline."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def make_inputs(model, T, h, w, device, dtype, text_len=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, T, h, w, generator=g).to(device, dtype)
+    ctx = torch.randn(1, text_len, model.config.text_dim, generator=g).to(device, dtype)
+    t = torch.tensor([500.0], device=device)
+    with torch.no_grad():
+        ident = model.adapter.tokenizer(arcface=torch.randn(1, 512, generator=g).to(device, dtype),
+                                        face_latent=torch.randn(1, 16, 1, 32, 32, generator=g).to(device, dtype))
+    return x, t, ctx, ident
+
+
+def live_adapter(model, seed=0):
+    """Non-zero output projections and routers, so nothing is short-circuited by zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.adapter.layers:
+            for p in (layer.out.weight, layer.router.proj_x.weight):
+                p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
+
+
+def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, memory: bool = True) -> dict:
+    torch.manual_seed(0)
+    model = MoCADiT(MoCAConfig.preset(preset)).eval()
+    live_adapter(model)
+    rows = []
+    for T in frames:
+        x, t, ctx, ident = make_inputs(model, T, *hw, "cpu", torch.float32)
+        base = lambda: model(x, t, ctx)                                      # noqa: E731
+        moca = lambda: model(x, t, ctx, identity=ident)                      # noqa: E731
+        times = {"base": [], "moca": []}
+        with torch.no_grad():
+            base(), moca()                                                   # warm-up
+            for r in range(reps):                                            # interleaved, order alternating
+                order = (("base", base), ("moca", moca)) if r % 2 == 0 else (("moca", moca), ("base", base))
+                for name, fn in order:
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+            peaks = {k: cpu_peak_bytes(fn) for k, fn in (("base", base), ("moca", moca))} if memory else {}
+        g = latent_grid(4 * T - 3, hw[0] * 8, hw[1] * 8, model.config)
+        b, m = statistics.median(times["base"]), statistics.median(times["moca"])
+        rows.append({"latent_frames": T, "video_frames": 4 * T - 3, "tokens": g[0] * g[1] * g[2],
+                     "base_s": b, "moca_s": m, "ratio": m / b,
+                     "base_peak_mb": peaks.get("base", 0) / 2**20, "moca_peak_mb": peaks.get("moca", 0) / 2**20})
+    share = model.num_parameters("adapter") / model.num_parameters()
+    return {"device": "cpu", "preset": preset, "threads": torch.get_num_threads(), "reps": reps,
+            "latent_hw": hw, "rows": rows, "adapter_share": share}
+
+
+def bench_cuda(preset: str, frames: int = 81, height: int = 480, width: int = 832, reps: int = 5) -> dict:
+    dev, dtype = "cuda", torch.bfloat16
+    model = MoCADiT(MoCAConfig.preset(preset), device=dev, dtype=dtype).eval()
+    live_adapter(model)
+    T, h2, w2 = latent_grid(frames, height, width, model.config)
+    x, t, ctx, ident = make_inputs(model, T, height // 8, width // 8, dev, dtype, text_len=512)
+    out = {}
+    with torch.no_grad():
+        for name, kw in (("base", {}), ("moca", {"identity": ident})):
+            model(x, t, ctx, **kw)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x, t, ctx, **kw)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            out[name] = {"s_per_eval": statistics.median(times),
+                         "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return {"device": torch.cuda.get_device_name(), "preset": preset, "frames": frames, "size": [height, width],
+            "tokens": T * h2 * w2, **out, "ratio": out["moca"]["s_per_eval"] / out["base"]["s_per_eval"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m moca_model bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="a short run (smaller sizes, fewer repeats)")
+    ap.add_argument("--preset", default=None, help="model preset (default: small on CPU, wan2.1-1.3b on CUDA)")
+    ap.add_argument("--frames", default=None, help="comma-separated latent frame counts (CPU)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
+    ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory profile")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+
+    flops = overhead(MoCAConfig.preset("wan2.1-1.3b"))
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench --device cuda: no CUDA device is available")
+        res = bench_cuda(args.preset or "wan2.1-1.3b", reps=args.reps or 5)
+        print(f"device: {res['device']}  preset {res['preset']}  {res['frames']} frames {res['size'][0]}x"
+              f"{res['size'][1]} ({res['tokens']} tokens), bf16, random weights")
+        print(f"{'':10}{'s/eval':>10}{'peak VRAM GB':>15}")
+        for k in ("base", "moca"):
+            print(f"{k:10}{res[k]['s_per_eval']:>10.3f}{res[k]['peak_vram_gb']:>15.2f}")
+        ratio = res["ratio"]
+    else:
+        quick = args.quick
+        frames = [int(f) for f in args.frames.split(",")] if args.frames else ([2, 4, 8] if quick else [3, 6, 11, 21])
+        hw = (16, 28) if quick else (30, 52)
+        res = bench_cpu(args.preset or "small", frames, hw, args.reps or (3 if quick else 5), not args.no_memory)
+        print(f"device: cpu ({res['threads']} threads)  preset {res['preset']}  latent {hw[0]}x{hw[1]} "
+              f"(video {hw[0] * 8}x{hw[1] * 8})  median of {res['reps']} interleaved runs, one forward each")
+        print(f"{'latent T':>8} {'frames':>6} {'tokens':>7} {'base s':>8} {'MoCA s':>8} {'ratio':>6} "
+              f"{'base MB':>8} {'MoCA MB':>8}")
+        for r in res["rows"]:
+            print(f"{r['latent_frames']:>8} {r['video_frames']:>6} {r['tokens']:>7} {r['base_s']:>8.3f} "
+                  f"{r['moca_s']:>8.3f} {r['ratio']:>6.3f} {r['base_peak_mb']:>8.1f} {r['moca_peak_mb']:>8.1f}")
+        print(f"adapter parameters: {100 * res['adapter_share']:.1f}% of the {res['preset']} backbone")
+        ratio = res["rows"][-1]["ratio"]
+    share13 = MoCADiT(MoCAConfig.preset("wan2.1-1.3b"), device="meta")
+    print(f"wan2.1-1.3b: adapter {share13.num_parameters('adapter') / 1e6:.1f}M = "
+          f"{100 * share13.num_parameters('adapter') / share13.num_parameters():.1f}% of the backbone; analytic "
+          f"FLOPs at 81 frames 480x832 ({flops['tokens']} tokens): backbone {flops['backbone_tflops']:.1f} TFLOP, "
+          f"MoCA +{flops['moca_tflops']:.2f} TFLOP = +{100 * flops['ratio']:.2f}%")
+    res["flops_wan2.1-1.3b"] = flops
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+    print(f"moca_overhead_ratio={ratio:.3f}")
+    return res

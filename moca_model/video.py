@@ -1,0 +1,52 @@
+"""Writing frames to an mp4 (H.264 through PyAV), atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(frames) -> np.ndarray:
+    """[T, H, W, 3] float 0..1 (tensor or array) or uint8 -> uint8 array with even H and W (H.264 needs them)."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().float().numpy() if frames.is_floating_point() else frames.cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"write_video: frames must be [T, H, W, 3], got {list(frames.shape)}")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    H, W = frames.shape[1:3]
+    return np.ascontiguousarray(frames[:, : H - H % 2, : W - W % 2])
+
+
+def write_video(path, frames, fps: float = 16.0, overwrite: bool = False, crf: int = 18) -> Path:
+    """Encode frames to an H.264 mp4 at `path` (temp file + rename; refuses to overwrite unless asked)."""
+    import av
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
+    frames = to_uint8(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream("h264", rate=int(round(fps)))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
