@@ -1,4 +1,7 @@
-"""Shared test setup: make the helper modules in tests/ importable (pytest runs in importlib mode)."""
+"""Shared pytest setup: helper modules in tests/ importable (pytest runs in importlib mode), deterministic
+torch, and the face part's tiny ONNX packs (no real antelopev2 needed, nothing downloads)."""
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
@@ -9,8 +12,33 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+import face_models  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """skimage's astronaut portrait, [512, 512, 3] uint8."""
+    return face_models.astronaut()
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    """A ComfyUI-style ``models/insightface`` folder holding a tiny antelopev2 pack (astronaut face)."""
+    face_models.make_tiny_pack(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzer(tmp_path_factory):
+    """FaceAnalyzer (onnxruntime backend) on a tiny antelopev2 pack that sees the astronaut's face."""
+    from moca_model.face import FaceAnalyzer
+
+    root = tmp_path_factory.mktemp("insightface")
+    face_models.make_tiny_pack(root)
+    return FaceAnalyzer.load(root, backend="onnxruntime")
