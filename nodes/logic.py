@@ -195,3 +195,14 @@ def likeness_plot(scores, width: int = 640, height: int = 240, threshold: float 
     d.text((left, bottom + 8), label, fill=(220, 220, 230))
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(height, width, 3)
     return (t.float() / 255.0)[None]
+
+
+def check_choice(node: str, name: str, value, options) -> bool | str:
+    """validate_inputs helper: ComfyUI does not check V3 combo values against their options, so the
+    nodes do (None = linked input, checked at run time)."""
+    if value is None or value in options:
+        return True
+    shown = ", ".join(map(str, list(options)[:12])) + (" ..." if len(options) > 12 else "")
+    if not options:
+        return f"{node}: input '{name}' = {value!r}, but the list is empty; put the file in its folder and refresh (R)"
+    return f"{node}: input '{name}' = {value!r} is not one of: {shown}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .logic import APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, make_mixing, make_pooling, marker_for
+from .logic import check_choice, APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, make_mixing, make_pooling, marker_for
 from .patch import apply_moca, mark_conditioning
 from .types import MocaAdapter, MocaId, MocaMixing, MocaPooling
 
@@ -74,6 +74,13 @@ class MoCAExpertMixing(io.ComfyNode):
 
 class MoCAApply(io.ComfyNode):
     @classmethod
+    def validate_inputs(cls, apply_to):
+        r = check_choice('MoCA Apply', 'apply_to', apply_to, APPLY_TO)
+        if r is not True:
+            return r
+        return True
+
+    @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="MoCAApply", display_name="MoCA Apply", category="MoCA",
@@ -101,6 +108,13 @@ class MoCAApply(io.ComfyNode):
 
 
 class MoCAIdentityConditioning(io.ComfyNode):
+    @classmethod
+    def validate_inputs(cls, identity):
+        r = check_choice('MoCA Identity Conditioning', 'identity', identity, IDENTITY_MODES)
+        if r is not True:
+            return r
+        return True
+
     @classmethod
     def define_schema(cls):
         return io.Schema(

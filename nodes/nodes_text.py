@@ -9,7 +9,7 @@ import folder_paths
 
 from ..moca_model.text_embeds import load_text_embeds, save_text_embeds
 from . import paths
-from .logic import safe_prefix
+from .logic import check_choice, safe_prefix
 
 
 class MoCASaveTextEmbeds(io.ComfyNode):
@@ -37,6 +37,13 @@ class MoCASaveTextEmbeds(io.ComfyNode):
 
 
 class MoCALoadTextEmbeds(io.ComfyNode):
+    @classmethod
+    def validate_inputs(cls, embeds_file):
+        r = check_choice('MoCA Load Text Embeds', 'embeds_file', embeds_file, paths.files("moca_text_embeds"))
+        if r is not True:
+            return r
+        return True
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
