@@ -216,4 +216,5 @@ class MoCAIdentityScore(io.ComfyNode):
                                       f"{', '.join(map(str, low[:20]))}" if low else f"; no frame below {threshold:.2f}")
         plot = likeness_plot(report.scores, threshold=threshold)
         mean = float(report.mean) if report.mean is not None else 0.0
-        return io.NodeOutput(mean, per_frame, summary, plot, ui=ui.PreviewImage(plot, cls=cls))
+        shown = {**ui.PreviewImage(plot, cls=cls).as_dict(), "text": (summary, per_frame)}
+        return io.NodeOutput(mean, per_frame, summary, plot, ui=shown)

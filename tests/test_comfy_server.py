@@ -217,3 +217,40 @@ def test_missing_model_file_is_refused_by_validation(server):
     assert status == 400 and loader in body["node_errors"], body
     details = " ".join(e["details"] for e in body["node_errors"][loader]["errors"])
     assert "ckpt_name" in details and "does_not_exist.safetensors" in details, details
+
+
+def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
+    """The core path (Load Diffusion Model + MoCA Adapter Loader + MoCA Apply + KSampler), Identity Score on a
+    face frame and a face-less frame, and Save Text Embeds, in one headless prompt."""
+    g = {
+        "1": ("LoadImage", {"image": "moca_smoke_face.png"}),
+        "2": ("LoadImage", {"image": "moca_no_face.png"}),
+        "3": ("ImageBatch", {"image1": ["1", 0], "image2": ["2", 0]}),
+        "4": ("MoCAFaceAnalyzerLoader", {"pack": "antelopev2", "provider": "cpu", "det_size": 640}),
+        "5": ("VAELoader", {"vae_name": "moca_tiny_test_vae.safetensors"}),
+        "6": ("MoCAEncodeFace", {"image": ["1", 0], "face_analyzer": ["4", 0], "vae": ["5", 0], "face_select": "largest",
+                                 "face_index": 0, "on_no_face": "error", "fusion": "mean", "crop_size": 256}),
+        "7": ("MoCAIdentityScore", {"frames": ["3", 0], "moca_id": ["6", 0], "face_analyzer": ["4", 0], "threshold": 0.4}),
+        "8": ("MoCALoadTextEmbeds", {"embeds_file": "smoke_positive.safetensors"}),
+        "9": ("MoCASaveTextEmbeds", {"conditioning": ["8", 0], "filename_prefix": "moca_test/roundtrip", "note": "hi"}),
+        "10": ("UNETLoader", {"unet_name": "moca_tiny_wan.safetensors", "weight_dtype": "default"}),
+        "11": ("MoCAAdapterLoader", {"adapter_name": "moca_tiny_adapter.safetensors"}),
+        "12": ("MoCAApply", {"model": ["10", 0], "moca_adapter": ["11", 0], "moca_id": ["6", 0], "apply_to": "all"}),
+        "13": ("EmptyHunyuanLatentVideo", {"width": 64, "height": 64, "length": 5, "batch_size": 1}),
+        "14": ("KSampler", {"model": ["12", 0], "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler",
+                            "scheduler": "simple", "positive": ["8", 0], "negative": ["8", 0],
+                            "latent_image": ["13", 0], "denoise": 1.0}),
+        "15": ("SaveLatent", {"samples": ["14", 0], "filename_prefix": "moca_test/latent"}),
+    }
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in g.items()}
+    entry = server.run_prompt(prompt, timeout=240)
+    err = H.execution_error(entry)
+    assert entry["status"]["status_str"] == "success", json.dumps(err, indent=1)[:4000] if err else server.tail()
+    summary, per_frame = entry["outputs"]["7"]["text"]
+    scores = per_frame.split(", ")
+    assert len(scores) == 2 and scores[1] == "none" and float(scores[0]) > 0.9, per_frame
+    assert "no face in 1 frame(s): 1" in summary and entry["outputs"]["7"]["images"]
+    out = server.root / "output"
+    assert list((out / "moca_text_embeds" / "moca_test").glob("roundtrip_*.safetensors"))
+    assert list((out / "moca_test").glob("latent_*.latent"))
+    print(f"\nidentity score: {summary}")
