@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ class Graph:
             link[5] = dict(LINK_INPUTS[dst["type"]])[name]
         for n in self.nodes:
             col, row = n["pos"]
-            entry = {"id": n["id"], "type": n["type"], "pos": [40 + 380 * col, 40 + 260 * row],
+            entry = {"id": n["id"], "type": n["type"], "pos": [40 + 380 * col, 40 + 330 * row],
                      "size": n["size"] or [340, 200], "flags": {}, "order": n["id"] - 1, "mode": 0,
                      "inputs": [{"name": nm, "type": tp, "link": n.get("_in", {}).get(nm)}
                                 for nm, tp in LINK_INPUTS.get(n["type"], [])],
@@ -138,7 +139,7 @@ class Graph:
             if n["models"]:
                 entry["properties"]["models"] = n["models"]
             nodes.append(entry)
-        return {"id": f"moca-{self.name}", "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(links),
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"moca-comfyui/{self.name}")), "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(links),
                 "nodes": nodes, "links": links, "groups": [], "config": {},
                 "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": 0.4}
 
@@ -155,8 +156,8 @@ class Graph:
         return prompt
 
 
-def note(g: Graph, text: str, pos=(0, 0)):
-    g.add("Note", [text], pos=pos, size=[420, 300], title="Read me: model files")
+def note(g: Graph, text: str):
+    g.add("Note", [text], pos=(-1.2, 0), size=[420, 640], title="Read me: model files")
 
 
 MODEL_NOTE = f"""MoCA for ComfyUI - files this workflow needs (put each in the ComfyUI folder shown):
@@ -176,7 +177,7 @@ input/: your reference face photo (select it in Load Image).
 
 def basic() -> Graph:
     g = Graph("moca_t2v_face_basic")
-    note(g, MODEL_NOTE, (0, 0))
+    note(g, MODEL_NOTE)
     unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
     clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
     vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
@@ -201,7 +202,7 @@ def dual_guidance() -> Graph:
     g = Graph("moca_t2v_dual_guidance")
     note(g, MODEL_NOTE + "\nDual guidance: DualCFGGuider's cond1 = prompt WITH identity, cond2 = the same prompt "
             "WITHOUT identity, negative = negative prompt. cfg_conds scales identity, cfg_cond2_negative scales "
-            "text. MoCA Apply uses apply_to = 'marked conditioning only'.", (0, 0))
+            "text. MoCA Apply uses apply_to = 'marked conditioning only'.")
     unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
     clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
     vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
@@ -246,7 +247,7 @@ models/insightface/models/antelopev2/ (scrfd_10g_bnkps.onnx + glintr100.onnx)
 input/: face.png, face_2.png, face_3.png (your photos of the same person).
 The identity is saved to output/moca_identities/; load it later with MoCA Load Identity
 (no detector or VAE needed then). A photo without a face stops with an error naming it;
-set on_no_face to 'skip' to leave such photos out.""", (0, 0))
+set on_no_face to 'skip' to leave such photos out.""")
     vae = g.add("VAELoader", [WAN_VAE], pos=(0, 1), models=[MODELS[WAN_VAE]])
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(0, 2))
     imgs = [g.add("LoadImage", [f, "image"], pos=(1, i), title=f"Reference {i + 1}")
@@ -263,7 +264,7 @@ def likeness_qa() -> Graph:
     g = Graph("moca_likeness_qa")
     note(g, MODEL_NOTE + "\nIdentity from a saved file (MoCA Load Identity: output/moca_identities or "
             "models/moca_identities). This graph uses the core KSampler: with apply_to 'all' the identity acts on "
-            "positive and negative alike. MoCA Identity Score plots the ArcFace likeness of every frame.", (0, 0))
+            "positive and negative alike. MoCA Identity Score plots the ArcFace likeness of every frame.")
     unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
     clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
     vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
