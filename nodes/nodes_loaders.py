@@ -1,6 +1,7 @@
 """Loaders: MoCA adapter, combined MoCA-DiT checkpoint, face analyzer."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -144,5 +145,5 @@ class MoCAFaceAnalyzerLoader(io.ComfyNode):
         else:
             raise FacePackError(f"input 'pack': {pack} was not found in any insightface folder "
                                 f"({', '.join(roots)}).\n" + "\n".join(errors))
-        print(f"[MoCA] face analyzer: {analyzer.report}")
+        logging.info("MoCA face analyzer: %s", analyzer.report)
         return io.NodeOutput(analyzer)

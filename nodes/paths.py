@@ -14,12 +14,16 @@ import folder_paths
 SAFETENSORS = {".safetensors"}
 
 
-def _register(key: str, defaults: list[str], extensions: set):
+def _register(key: str, defaults: list[str], extensions: set | None):
+    """Add the default folders after any an extra_model_paths.yaml (or another pack) registered already;
+    extensions=None keeps the existing extension filter (an empty set matches every file)."""
     entry = folder_paths.folder_names_and_paths.get(key)
-    paths = list(entry[0]) if entry else []       # paths an extra_model_paths.yaml already added stay
+    paths = list(entry[0]) if entry else []
     for d in defaults:
         if d not in paths:
             paths.append(d)
+    if extensions is None:
+        extensions = set(entry[1]) if entry else set()
     folder_paths.folder_names_and_paths[key] = (paths, set(extensions))
 
 
@@ -30,8 +34,7 @@ def register_folders():
                                   os.path.join(output, "moca_identities")], SAFETENSORS)
     _register("moca_text_embeds", [os.path.join(models, "moca_text_embeds"),
                                    os.path.join(output, "moca_text_embeds")], SAFETENSORS)
-    if "insightface" not in folder_paths.folder_names_and_paths:
-        _register("insightface", [os.path.join(models, "insightface")], set())
+    _register("insightface", [os.path.join(models, "insightface")], None)
 
 
 def files(key: str) -> list[str]:

@@ -155,6 +155,7 @@ def build_models(root: Path, with_vae: bool = True) -> dict:
                 "vae/wan_2.1_vae.safetensors", "moca/moca_wan2.1_t2v_1.3B.safetensors",
                 "moca_identities/identity_00001_.safetensors"):
         (models / rel).touch()
+    (models / "moca" / "pickled_adapter.ckpt").write_bytes(b"\x80\x02}q\x00.")   # must not be listed
     for name in ("face.png", "face_2.png", "face_3.png"):
         write_png(inp / name, photo)
     return {"reference": ref}

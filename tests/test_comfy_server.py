@@ -62,6 +62,12 @@ def test_object_info_lists_every_node_with_tooltips_and_descriptions(object_info
         assert all(info["output_tooltips"]), f"{name} has an output without a tooltip"
 
 
+def test_moca_folder_comes_from_extra_model_paths_and_lists_safetensors_only(object_info):
+    options = object_info["MoCAAdapterLoader"]["input"]["required"]["adapter_name"][1]["options"]
+    assert "moca_tiny_adapter.safetensors" in options and "moca_tiny_dit.safetensors" in options
+    assert not [o for o in options if not o.endswith(".safetensors")], options
+
+
 def test_templates_are_listed(server):
     templates = server.get("/workflow_templates")
     listed = templates.get("ComfyUI-MoCA", [])
