@@ -206,3 +206,12 @@ def check_choice(node: str, name: str, value, options) -> bool | str:
     if not options:
         return f"{node}: input '{name}' = {value!r}, but the list is empty; put the file in its folder and refresh (R)"
     return f"{node}: input '{name}' = {value!r} is not one of: {shown}"
+
+
+def check_choices(node: str, **checks) -> bool | str:
+    """check_choice over several inputs: name=(value, options); the first problem, or True."""
+    for name, (value, options) in checks.items():
+        r = check_choice(node, name, value, options)
+        if r is not True:
+            return r
+    return True

@@ -13,7 +13,7 @@ import folder_paths
 from ..moca_model.identity import MoCAIdentity
 from ..moca_model.latents import normalize_latent
 from . import paths
-from .logic import check_choice, likeness_plot, safe_prefix
+from .logic import check_choices, likeness_plot, safe_prefix
 from .types import MocaFaceAnalyzer, MocaId
 
 SELECT = ["largest", "left_to_right", "index"]
@@ -33,16 +33,10 @@ def _frames(name, images):
 class MoCAEncodeFace(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, face_select, on_no_face, fusion):
-        r = check_choice('MoCA Encode Face', 'face_select', face_select, SELECT)
-        if r is not True:
-            return r
-        r = check_choice('MoCA Encode Face', 'on_no_face', on_no_face, NO_FACE)
-        if r is not True:
-            return r
-        r = check_choice('MoCA Encode Face', 'fusion', fusion, FUSION)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Encode Face',
+                             face_select=(face_select, SELECT),
+                             on_no_face=(on_no_face, NO_FACE),
+                             fusion=(fusion, FUSION))
 
     @classmethod
     def define_schema(cls):
@@ -146,10 +140,7 @@ class MoCASaveIdentity(io.ComfyNode):
 class MoCALoadIdentity(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, identity_file):
-        r = check_choice('MoCA Load Identity', 'identity_file', identity_file, paths.files("moca_identities"))
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Load Identity', identity_file=(identity_file, paths.files("moca_identities")))
 
     @classmethod
     def define_schema(cls):

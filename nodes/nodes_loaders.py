@@ -12,7 +12,7 @@ import folder_paths
 
 from ..moca_model.checkpoint import CheckpointError, read_moca
 from . import paths
-from .logic import check_choice
+from .logic import check_choices
 from .adapter import build_adapter_patcher
 from .types import MocaAdapter, MocaFaceAnalyzer
 
@@ -36,10 +36,7 @@ def _moca_file(input_name: str, name: str):
 class MoCAAdapterLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, adapter_name):
-        r = check_choice('MoCA Adapter Loader', 'adapter_name', adapter_name, paths.files("moca"))
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")))
 
     @classmethod
     def define_schema(cls):
@@ -63,13 +60,9 @@ class MoCAAdapterLoader(io.ComfyNode):
 class MoCADiTLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, ckpt_name, weight_dtype):
-        r = check_choice('MoCA-DiT Loader', 'ckpt_name', ckpt_name, paths.files("moca"))
-        if r is not True:
-            return r
-        r = check_choice('MoCA-DiT Loader', 'weight_dtype', weight_dtype, WEIGHT_DTYPES)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA-DiT Loader',
+                             ckpt_name=(ckpt_name, paths.files("moca")),
+                             weight_dtype=(weight_dtype, WEIGHT_DTYPES))
 
     @classmethod
     def define_schema(cls):
@@ -108,10 +101,7 @@ class MoCADiTLoader(io.ComfyNode):
 class MoCAFaceAnalyzerLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, provider):
-        r = check_choice('MoCA Face Analyzer Loader', 'provider', provider, PROVIDERS)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Face Analyzer Loader', provider=(provider, PROVIDERS))
 
     @classmethod
     def define_schema(cls):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .logic import check_choice, APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, make_mixing, make_pooling, marker_for
+from .logic import (APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, check_choices, make_mixing, make_pooling,
+                    marker_for)
 from .patch import apply_moca, mark_conditioning
 from .types import MocaAdapter, MocaId, MocaMixing, MocaPooling
 
@@ -75,10 +76,7 @@ class MoCAExpertMixing(io.ComfyNode):
 class MoCAApply(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, apply_to):
-        r = check_choice('MoCA Apply', 'apply_to', apply_to, APPLY_TO)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Apply', apply_to=(apply_to, APPLY_TO))
 
     @classmethod
     def define_schema(cls):
@@ -110,10 +108,7 @@ class MoCAApply(io.ComfyNode):
 class MoCAIdentityConditioning(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, identity):
-        r = check_choice('MoCA Identity Conditioning', 'identity', identity, IDENTITY_MODES)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Identity Conditioning', identity=(identity, IDENTITY_MODES))
 
     @classmethod
     def define_schema(cls):

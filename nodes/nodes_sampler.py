@@ -15,7 +15,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from .logic import check_choice, OFF, guidance_coefficients, latent_frames, marker_for
+from .logic import OFF, check_choices, guidance_coefficients, latent_frames, marker_for
 from .patch import mark_conditioning, moca_states
 from .types import MocaId
 
@@ -50,13 +50,9 @@ def shift_model(model, shift: float):
 class MoCASampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, sampler_name, scheduler):
-        r = check_choice('MoCA Sampler', 'sampler_name', sampler_name, comfy.samplers.KSampler.SAMPLERS)
-        if r is not True:
-            return r
-        r = check_choice('MoCA Sampler', 'scheduler', scheduler, comfy.samplers.KSampler.SCHEDULERS)
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Sampler',
+                             sampler_name=(sampler_name, comfy.samplers.KSampler.SAMPLERS),
+                             scheduler=(scheduler, comfy.samplers.KSampler.SCHEDULERS))
 
     @classmethod
     def define_schema(cls):

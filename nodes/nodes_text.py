@@ -9,7 +9,7 @@ import folder_paths
 
 from ..moca_model.text_embeds import load_text_embeds, save_text_embeds
 from . import paths
-from .logic import check_choice, safe_prefix
+from .logic import check_choices, safe_prefix
 
 
 class MoCASaveTextEmbeds(io.ComfyNode):
@@ -39,10 +39,7 @@ class MoCASaveTextEmbeds(io.ComfyNode):
 class MoCALoadTextEmbeds(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, embeds_file):
-        r = check_choice('MoCA Load Text Embeds', 'embeds_file', embeds_file, paths.files("moca_text_embeds"))
-        if r is not True:
-            return r
-        return True
+        return check_choices('MoCA Load Text Embeds', embeds_file=(embeds_file, paths.files("moca_text_embeds")))
 
     @classmethod
     def define_schema(cls):
