@@ -8,10 +8,12 @@ from .checkpoint import CheckpointError, MoCAFile, load_moca, read_moca, save_mo
 from .config import PRESETS, WHOLE_CLIP, MoCAConfig
 from .dit import MoCADiT
 from .htp import HierarchicalTemporalPooling
+from .identity import MoCAIdentity
 from .layer import MoCALayer
 from .options import MoCAOptions
 from .router import MoCARouter
 from .taca import TemporalAwareCrossAttention
+from .text_embeds import load_text_embeds, save_text_embeds
 from .tokenizer import IdentityTokenizer
 
 __version__ = "0.1.0"
@@ -20,4 +22,5 @@ __all__ = [
     "MoCAConfig", "PRESETS", "WHOLE_CLIP", "MoCADiT", "MoCAAdapter", "MoCALayer", "MoCAOptions", "MoCARouter",
     "HierarchicalTemporalPooling", "TemporalAwareCrossAttention", "IdentityTokenizer",
     "save_moca", "load_moca", "read_moca", "save_wan_checkpoint", "MoCAFile", "CheckpointError",
+    "MoCAIdentity", "save_text_embeds", "load_text_embeds",
 ]

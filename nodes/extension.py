@@ -1,0 +1,26 @@
+"""The V3 extension: registers the pack's model folders, then lists its nodes."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import paths
+
+paths.register_folders()
+
+from .nodes_face import MoCAEncodeFace, MoCAIdentityScore, MoCALoadIdentity, MoCASaveIdentity  # noqa: E402
+from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader  # noqa: E402
+from .nodes_moca import MoCAApply, MoCAExpertMixing, MoCAIdentityConditioning, MoCATemporalPooling  # noqa: E402
+from .nodes_sampler import MoCASampler  # noqa: E402
+from .nodes_text import MoCALoadTextEmbeds, MoCASaveTextEmbeds  # noqa: E402
+
+NODES = [
+    MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader,
+    MoCAEncodeFace, MoCASaveIdentity, MoCALoadIdentity,
+    MoCATemporalPooling, MoCAExpertMixing, MoCAApply, MoCAIdentityConditioning,
+    MoCASampler, MoCASaveTextEmbeds, MoCALoadTextEmbeds, MoCAIdentityScore,
+]
+
+
+class MoCAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,220 @@
+"""How MoCA attaches to ComfyUI's native Wan model, without touching the base model.
+
+MoCA Apply clones the MODEL and adds, on the clone only:
+- one `patches_replace["dit"][("double_block", i)]` per block (`MoCABlockPatch`): it runs the original block
+  (or the patch that was already there, so other packs' patches keep working) and adds the MoCA residual
+  `layer_i(x, vec, identity_tokens, grid, options)` computed by `moca_model`'s MoCALayer;
+- an APPLY_MODEL wrapper (`MoCAScheduleWrapper`): turns the start/end percent into sigmas with the model's
+  own model_sampling and switches MoCA off outside that range;
+- a DIFFUSION_MODEL wrapper (`MoCADiffusionWrapper`): sees the 5-D latent, so it knows the token grid, picks
+  the identity of this pass (the conditioning's `model_conds["moca_id"]` marker, or the MoCA Apply identity),
+  turns it into tokens with the adapter's tokenizer and hands both to the block patches through a copy of
+  `transformer_options` (nothing is stored between calls, so nothing survives a run or an interrupt).
+The patches return the adapter's ModelPatcher from `.models()`, so ComfyUI loads and offloads it with the
+model. Bypassing MoCA Apply leaves the original MODEL object exactly as it was.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+import comfy.patcher_extension
+
+from ..moca_model.identity import MoCAIdentity
+from ..moca_model.options import MoCAOptions, ResolvedOptions
+from .logic import APPLY_TO, latent_grid, resolve_identity
+
+KEY = "moca"                 # wrapper key and transformer_options key
+MODEL_COND = "moca_id"       # model_conds key set by MoCA Identity Conditioning
+
+
+class MoCAState:
+    """What one MoCA Apply attached: shared (never copied) by its block patches and wrappers."""
+
+    def __init__(self, adapter_patcher, identity: MoCAIdentity | None, options: MoCAOptions,
+                 start_percent: float = 0.0, end_percent: float = 1.0, apply_to: str = "all"):
+        if apply_to not in APPLY_TO:
+            raise ValueError(f"MoCA Apply: apply_to must be one of {APPLY_TO}, not {apply_to!r}")
+        self.uid = uuid.uuid4().hex
+        self.adapter_patcher = adapter_patcher
+        self.identity = identity
+        self.options = options
+        self.resolved: ResolvedOptions = options.resolve(adapter_patcher.model.config)
+        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
+        self.apply_to = apply_to
+
+    @property
+    def adapter(self):
+        return self.adapter_patcher.model
+
+    def __deepcopy__(self, memo):   # ModelPatcher.clone() deep-copies model_options: share, don't copy
+        return self
+
+
+@dataclass
+class MoCARun:
+    """Per model call: identity tokens, token grid, options (lives only inside one transformer_options)."""
+    tokens: torch.Tensor      # [1 | B, M, D_id]
+    grid: tuple               # (T, h, w)
+    opts: ResolvedOptions
+
+
+class MoCABlockPatch:
+    """patches_replace["dit"][("double_block", i)]: block (or previous patch), then + MoCA residual."""
+
+    def __init__(self, state: MoCAState, index: int, previous=None):
+        self.state, self.index, self.previous = state, index, previous
+
+    def __call__(self, args, extra):
+        if self.previous is not None:
+            out = self.previous(args, extra)
+        else:
+            out = extra["original_block"](args)
+        runs = args.get("transformer_options", {}).get(KEY)
+        run = runs.get(self.state.uid) if runs else None
+        if run is None:
+            return out
+        x = out["img"]
+        n = run.grid[0] * run.grid[1] * run.grid[2]
+        layer = self.state.adapter.layers[self.index]
+        if x.shape[1] == n:
+            x = x + layer(x, args["vec"], run.tokens, run.grid, run.opts).to(x.dtype)
+        elif x.shape[1] > n:   # extra tokens (e.g. a reference latent) are prepended: MoCA acts on the video
+            video = x[:, -n:]
+            x = torch.cat([x[:, :-n], video + layer(video, args["vec"], run.tokens, run.grid, run.opts).to(x.dtype)], 1)
+        else:
+            raise ValueError(f"MoCA: block {self.index} has {x.shape[1]} tokens, fewer than the latent grid "
+                             f"{run.grid}; this Wan variant is not supported by MoCA Apply")
+        return {**out, "img": x}
+
+    def to(self, device_or_dtype):
+        if self.previous is not None and hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device_or_dtype)
+        return self
+
+    def models(self):
+        prev = self.previous.models() if self.previous is not None and hasattr(self.previous, "models") else []
+        return [self.state.adapter_patcher] + list(prev)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class MoCAScheduleWrapper:
+    """APPLY_MODEL wrapper: MoCA acts only while start_percent <= progress <= end_percent."""
+
+    def __init__(self, state: MoCAState):
+        self.state = state
+
+    def __call__(self, executor, x, t, *args, **kwargs):
+        st = self.state
+        active = True
+        if st.start_percent > 0.0 or st.end_percent < 1.0:
+            ms = executor.class_obj.model_sampling
+            hi, lo = ms.percent_to_sigma(st.start_percent), ms.percent_to_sigma(st.end_percent)
+            sigma = float(t.max()) if torch.is_tensor(t) else float(t)
+            active = lo <= sigma <= hi
+        args, kwargs = _with_options(args, kwargs, 3, lambda to: _set(to, "moca_active", st.uid, active))
+        return executor(x, t, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class MoCADiffusionWrapper:
+    """DIFFUSION_MODEL wrapper: identity tokens + latent grid for this call -> transformer_options."""
+
+    def __init__(self, state: MoCAState):
+        self.state = state
+
+    def __call__(self, executor, x, timestep, context, *args, **kwargs):
+        st = self.state
+        to = _get_options(args, kwargs, 2)
+        if not st.resolved.active or not (to.get("moca_active") or {}).get(st.uid, True):
+            return executor(x, timestep, context, *args, **kwargs)
+        identity = resolve_identity(st.identity, st.apply_to, kwargs.get(MODEL_COND))
+        if identity is None:
+            return executor(x, timestep, context, *args, **kwargs)
+        dm = executor.class_obj
+        time_concat = args[1] if len(args) > 1 else kwargs.get("time_dim_concat")
+        extra = 0 if time_concat is None else math.ceil(time_concat.shape[2] / dm.patch_size[0]) * dm.patch_size[0]
+        grid = latent_grid(x.shape, tuple(dm.patch_size), extra)
+        tokens = identity.tokens(st.adapter.tokenizer, device=x.device).to(x.dtype)
+        run = MoCARun(tokens, grid, st.resolved)
+        args, kwargs = _with_options(args, kwargs, 2, lambda o: _set(o, KEY, st.uid, run))
+        return executor(x, timestep, context, *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _get_options(args, kwargs, pos):
+    if "transformer_options" in kwargs:
+        return kwargs["transformer_options"] or {}
+    return (args[pos] if len(args) > pos else None) or {}
+
+
+def _with_options(args, kwargs, pos, update):
+    """Call `update` on a shallow copy of transformer_options (the caller's dict is never modified)."""
+    to = dict(_get_options(args, kwargs, pos))
+    update(to)
+    if "transformer_options" in kwargs or len(args) <= pos:
+        kwargs = {**kwargs, "transformer_options": to}
+    else:
+        args = tuple(args[:pos]) + (to,) + tuple(args[pos + 1:])
+    return args, kwargs
+
+
+def _set(to: dict, key: str, uid: str, value):
+    to[key] = {**(to.get(key) or {}), uid: value}
+
+
+def wan_model_of(model):
+    """The native WanModel inside a MODEL, or a ValueError saying what to connect instead."""
+    import comfy.ldm.wan.model as wan
+    dm = model.get_model_object("diffusion_model")
+    if isinstance(dm, getattr(wan, "WanModel_S2V", ())) or not isinstance(dm, wan.WanModel):
+        raise ValueError(f"MoCA Apply: input 'model' is a {type(dm).__name__}, not a Wan 2.1 text-to-video model. "
+                         "Load wan2.1_t2v_1.3B / 14B with Load Diffusion Model (or MoCA-DiT Loader) and connect that.")
+    return dm
+
+
+def apply_moca(model, adapter_patcher, identity, options: MoCAOptions, start_percent=0.0, end_percent=1.0,
+               apply_to="all"):
+    """Return a patched clone of `model` (a Wan MODEL); `model` itself is not modified."""
+    dm = wan_model_of(model)
+    cfg = adapter_patcher.model.config
+    dim = dm.dim if hasattr(dm, "dim") else dm.blocks[0].norm1.normalized_shape[0]
+    if len(dm.blocks) != cfg.num_layers or dim != cfg.dim:
+        raise ValueError(f"MoCA Apply: input 'moca_adapter' ({adapter_patcher.name}) was made for a Wan model with "
+                         f"{cfg.num_layers} blocks of width {cfg.dim}, but input 'model' has {len(dm.blocks)} blocks "
+                         f"of width {dim}. Use the adapter trained for this backbone (1.3B: 30 x 1536, 14B: 40 x 5120).")
+    state = MoCAState(adapter_patcher, identity, options, start_percent, end_percent, apply_to)
+    m = model.clone()
+    existing = ((m.model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
+    for i in range(cfg.num_layers):
+        m.set_model_patch_replace(MoCABlockPatch(state, i, existing.get(("double_block", i))), "dit", "double_block", i)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, MoCAScheduleWrapper(state))
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, MoCADiffusionWrapper(state))
+    return m
+
+
+def moca_states(model) -> list[MoCAState]:
+    """The MoCA states attached to a MODEL (empty when MoCA Apply is not upstream)."""
+    ws = model.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {}).get(KEY, [])
+    return [w.state for w in ws if isinstance(w, MoCADiffusionWrapper)]
+
+
+def mark_conditioning(conditioning, marker):
+    """A copy of a CONDITIONING whose every entry carries `marker` as model_conds["moca_id"]."""
+    import comfy.conds
+    out = []
+    for t, d in conditioning:
+        d = dict(d)
+        d["model_conds"] = {**(d.get("model_conds") or {}), MODEL_COND: comfy.conds.CONDConstant(marker)}
+        out.append([t, d])
+    return out

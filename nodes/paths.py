@@ -1,0 +1,72 @@
+"""Model folders of the pack, registered with ComfyUI's folder_paths (so extra_model_paths.yaml works).
+
+- `moca`             adapters and combined MoCA-DiT checkpoints (`models/moca`, .safetensors only)
+- `moca_identities`  identity files (`models/moca_identities` and `output/moca_identities`)
+- `moca_text_embeds` cached umT5 conditioning (`models/moca_text_embeds` and `output/moca_text_embeds`)
+- `insightface`      insightface packs (`models/insightface/models/<pack>/`), shared with PuLID/InstantID
+"""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+SAFETENSORS = {".safetensors"}
+
+
+def _register(key: str, defaults: list[str], extensions: set | None):
+    """Add the default folders after any an extra_model_paths.yaml (or another pack) registered already;
+    extensions=None keeps the existing extension filter (an empty set matches every file)."""
+    entry = folder_paths.folder_names_and_paths.get(key)
+    paths = list(entry[0]) if entry else []
+    for d in defaults:
+        if d not in paths:
+            paths.append(d)
+    if extensions is None:
+        extensions = set(entry[1]) if entry else set()
+    folder_paths.folder_names_and_paths[key] = (paths, set(extensions))
+
+
+def register_folders():
+    models, output = folder_paths.models_dir, folder_paths.get_output_directory()
+    _register("moca", [os.path.join(models, "moca")], SAFETENSORS)
+    _register("moca_identities", [os.path.join(models, "moca_identities"),
+                                  os.path.join(output, "moca_identities")], SAFETENSORS)
+    _register("moca_text_embeds", [os.path.join(models, "moca_text_embeds"),
+                                   os.path.join(output, "moca_text_embeds")], SAFETENSORS)
+    _register("insightface", [os.path.join(models, "insightface")], None)
+
+
+def files(key: str) -> list[str]:
+    return folder_paths.get_filename_list(key)
+
+
+def insightface_roots() -> list[str]:
+    return [p for p in folder_paths.get_folder_paths("insightface") if os.path.isdir(p)] or \
+        folder_paths.get_folder_paths("insightface")
+
+
+def insightface_packs() -> list[str]:
+    """Pack names found under every insightface root (<root>/models/<pack>/), plus the usual two."""
+    found = []
+    for root in insightface_roots():
+        base = os.path.join(root, "models")
+        if os.path.isdir(base):
+            found += [d for d in sorted(os.listdir(base)) if os.path.isdir(os.path.join(base, d))]
+    out = []
+    for name in ["antelopev2", "buffalo_l"] + found:
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def output_path(subdir: str, prefix: str, ext: str = ".safetensors") -> str:
+    """A new file under output/<subdir>/ named <prefix>_NNNNN_.safetensors that does not exist yet."""
+    base = os.path.join(folder_paths.get_output_directory(), subdir)
+    full, name, counter, sub, _ = folder_paths.get_save_image_path(prefix, base)
+    os.makedirs(full, exist_ok=True)
+    while True:
+        path = os.path.join(full, f"{name}_{counter:05}_{ext}")
+        if not os.path.exists(path):
+            return path
+        counter += 1

@@ -1,0 +1,271 @@
+"""MoCA on ComfyUI's own Wan model, in-process (COMFYUI_PATH): parity with moca_model.MoCADiT, no leaks
+into the base model, chaining with other dit patches, per-conditioning identity, MoCA Sampler guidance,
+interrupts, casting ops. Skipped, with the reason shown, when COMFYUI_PATH is not set."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+H.require_comfyui()
+H.import_comfy()
+
+import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import comfy.sd  # noqa: E402
+
+mm = H.pack_module("moca_model")
+latents = H.pack_module("moca_model.latents")
+patch = H.pack_module("nodes.patch")
+logic = H.pack_module("nodes.logic")
+adapter_mod = H.pack_module("nodes.adapter")
+sampler_mod = H.pack_module("nodes.nodes_sampler")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan")
+    ref = H.tiny_moca()
+    path = root / "tiny_wan.safetensors"
+    mm.save_wan_checkpoint(path, ref, prefix="model.diffusion_model.", overwrite=True)
+    model = comfy.sd.load_diffusion_model(str(path))            # ComfyUI's own loader -> native WanModel
+    adapter = adapter_mod.build_adapter_patcher(ref.config, ref.adapter.state_dict(), "tiny")
+    g = torch.Generator().manual_seed(3)
+    identity = mm.MoCAIdentity(torch.randn(2, 512, generator=g), torch.randn(2, 16, 1, 32, 32, generator=g), "mean")
+    return ref, model, adapter, identity
+
+
+def denoise(model, x, sigma, ctx, model_conds=None):
+    """One denoiser call through ComfyUI's real path (wrappers, patches, model_sampling)."""
+    comfy.model_management.load_models_gpu([model])
+    opts = comfy.model_patcher.create_model_options_clone(model.model_options)
+    to = dict(opts.get("transformer_options", {}))
+    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(model.wrappers)
+    to["sigmas"] = sigma
+    with torch.no_grad():
+        return model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to, **(model_conds or {}))
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 16, 3, 8, 10, generator=g), torch.tensor([0.7]), torch.randn(1, 12, 4096, generator=g)
+
+
+def test_native_wan_plus_moca_apply_matches_mocadit(setup):
+    ref, model, adapter, identity = setup
+    assert type(model.get_model_object("diffusion_model")).__name__ == "WanModel"
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    x, sigma, ctx = inputs()
+    base, moca = denoise(model, x, sigma, ctx), denoise(patched, x, sigma, ctx)
+    with torch.no_grad():
+        t = sigma * 1000
+        v_base = ref(x, t, ctx)
+        v_moca = ref(x, t, ctx, identity=identity.tokens(ref.adapter.tokenizer))
+    want_base, want_moca = x - sigma * v_base, x - sigma * v_moca      # FLOW: denoised = x - sigma * v
+    scale = want_moca.abs().max().item()
+    err_base = (base - want_base).abs().max().item() / scale
+    err_moca = (moca - want_moca).abs().max().item() / scale
+    effect = (want_moca - want_base).abs().max().item() / scale
+    print(f"\nparity (fp32, relative to output scale {scale:.3f}): backbone {err_base:.2e}, "
+          f"MoCA {err_moca:.2e}; MoCA changes the output by {effect:.3f}")
+    assert effect > 1e-2, "the test adapter must change the output, or parity proves nothing"
+    assert err_base < 1e-4 and err_moca < 1e-4
+
+
+def test_sampling_steps_match_mocadit(setup):
+    ref, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(strength=0.8))
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 11)
+    ctx = torch.randn(1, 12, 4096, generator=torch.Generator().manual_seed(5))
+    cond = [[ctx, {}]]
+    out = comfy.sample.sample(patched, noise, 3, 1.0, "euler", "simple", cond, cond, latent, disable_pbar=True, seed=11)
+    # the same Euler steps with MoCADiT on the sigmas ComfyUI used
+    sigmas = comfy.samplers.calculate_sigmas(patched.get_model_object("model_sampling"), "simple", 3)
+    tokens = identity.tokens(ref.adapter.tokenizer)
+    x = noise * sigmas[0]
+    with torch.no_grad():
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            v = ref(x, (s * 1000).reshape(1), ctx, identity=tokens, moca_options={"strength": 0.8})
+            x = x + (s_next - s) * v
+    x = latents.denormalize_latent(x)            # ComfyUI returns latents in the VAE's space (process_out)
+    err = (out - x).abs().max().item() / x.abs().max().item()
+    print(f"\n3 Euler steps through KSampler's path vs MoCADiT: max relative difference {err:.2e}")
+    assert err < 1e-4
+
+
+def test_bypassed_moca_apply_leaves_the_base_model_bit_identical(setup):
+    _, model, adapter, identity = setup
+    x, sigma, ctx = inputs(1)
+    before = denoise(model, x, sigma, ctx)
+    options_before = repr(model.model_options)
+    wrappers_before = repr(model.wrappers)
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    moca = denoise(patched, x, sigma, ctx)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    cond = [[ctx, {}]]
+    comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 2, 2.0, "euler", "simple", cond, cond, latent,
+                        disable_pbar=True)
+    after = denoise(model, x, sigma, ctx)
+    assert not torch.equal(moca, before)
+    assert torch.equal(before, after), "a MoCA run changed the base model's output"
+    assert repr(model.model_options) == options_before and repr(model.wrappers) == wrappers_before
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+
+
+def test_chains_an_existing_dit_patch_instead_of_overwriting_it(setup):
+    _, model, adapter, identity = setup
+    calls = []
+
+    def other_pack_patch(args, extra):          # what another node pack would have put on block 0
+        calls.append("other")
+        out = extra["original_block"](args)
+        return {"img": out["img"] * 1.0}
+
+    m = model.clone()
+    m.set_model_patch_replace(other_pack_patch, "dit", "double_block", 0)
+    patched = patch.apply_moca(m, adapter, identity, mm.MoCAOptions())
+    block0 = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+    assert block0.previous is other_pack_patch
+    x, sigma, ctx = inputs(2)
+    a = denoise(patched, x, sigma, ctx)
+    b = denoise(patch.apply_moca(model, adapter, identity, mm.MoCAOptions()), x, sigma, ctx)
+    assert calls == ["other"]
+    assert torch.allclose(a, b, atol=1e-6)       # the other patch is an identity op: same MoCA result
+
+
+def test_adapter_is_loaded_with_the_model_and_cloning_shares_the_patch(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    assert adapter in patched.model_patches_models()
+    clone = patched.clone()
+    p0 = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+    p1 = clone.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+    assert p0 is p1 and p0.state is p1.state
+    assert patch.moca_states(clone) and not patch.moca_states(model)
+
+
+def test_identity_only_on_marked_conditioning(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), apply_to="marked conditioning only")
+    x, sigma, ctx = inputs(4)
+    base = denoise(model, x, sigma, ctx)
+    unmarked = denoise(patched, x, sigma, ctx)
+    on = denoise(patched, x, sigma, ctx, {"moca_id": logic.marker_for("with identity")})
+    off = denoise(patched, x, sigma, ctx, {"moca_id": logic.OFF})
+    all_ = denoise(patch.apply_moca(model, adapter, identity, mm.MoCAOptions()), x, sigma, ctx)
+    assert torch.equal(unmarked, base) and torch.equal(off, base)
+    assert torch.allclose(on, all_, atol=1e-6) and not torch.allclose(on, base)
+
+
+def test_dual_cfg_guider_puts_identity_on_cond1_only(setup):
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), apply_to="marked conditioning only")
+    seen = []
+    wrapper = patched.wrappers[comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL]["moca"][0]
+    original = wrapper.__class__.__call__
+
+    class Spy(wrapper.__class__):
+        def __call__(self, executor, x, timestep, context, *args, **kwargs):
+            seen.append(kwargs.get("moca_id"))
+            return original(self, executor, x, timestep, context, *args, **kwargs)
+
+    patched.wrappers[comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL]["moca"] = [Spy(wrapper.state)]
+    ctx = torch.randn(1, 12, 4096)
+    pos = [[ctx, {}]]
+    cond1 = patch.mark_conditioning(pos, logic.marker_for("with identity"))
+    cond2 = patch.mark_conditioning(pos, logic.OFF)
+    guider = Guider_DualCFG(patched)
+    guider.set_conds(cond1, cond2, [[torch.randn(1, 12, 4096), {}]])
+    guider.set_cfg(2.0, 4.0)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    out = guider.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"),
+                        torch.tensor([1.0, 0.5, 0.0]), disable_pbar=True, seed=0)
+    assert torch.isfinite(out).all()
+    modes = [None if m is None else m.mode for m in seen]
+    assert modes.count("on") == 2 and "off" in modes        # 2 steps: one identity pass each
+
+
+def test_moca_guider_matches_the_guidance_formula(setup):
+    ref, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    g = torch.Generator().manual_seed(9)
+    pos, neg = torch.randn(1, 12, 4096, generator=g), torch.randn(1, 12, 4096, generator=g)
+    guider = sampler_mod.MoCAGuider(patched)
+    guider.set_conds(patch.mark_conditioning([[pos, {}]], logic.marker_for("with identity")),
+                     patch.mark_conditioning([[pos, {}]], logic.OFF), patch.mark_conditioning([[neg, {}]], logic.OFF))
+    guider.set_cfg(4.0, 2.5)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    out = guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]),
+                        disable_pbar=True, seed=1)
+    tokens = identity.tokens(ref.adapter.tokenizer)
+    t = torch.tensor([1000.0])
+    with torch.no_grad():
+        v_u, v_t, v_ti = ref(noise, t, neg), ref(noise, t, pos), ref(noise, t, pos, identity=tokens)
+    v = v_u + 4.0 * (v_t - v_u) + 2.5 * (v_ti - v_t)
+    want = latents.denormalize_latent(noise - v)  # one Euler step from sigma 1 to 0, in the VAE's space
+    err = (out - want).abs().max().item() / want.abs().max().item()
+    print(f"\nMoCA Sampler guidance vs v_u + s_t(v_t - v_u) + s_i(v_ti - v_t): relative difference {err:.2e}")
+    assert err < 1e-4
+
+
+def test_start_end_percent_gate_moca_by_sigma(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), start_percent=0.0, end_percent=0.3)
+    x, _, ctx = inputs(5)
+    ms = model.get_model_object("model_sampling")
+    early, late = torch.tensor([ms.percent_to_sigma(0.1)]), torch.tensor([ms.percent_to_sigma(0.8)])
+    assert not torch.equal(denoise(patched, x, early, ctx), denoise(model, x, early, ctx))
+    assert torch.equal(denoise(patched, x, late, ctx), denoise(model, x, late, ctx))
+
+
+def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    cond = [[torch.randn(1, 12, 4096), {}]]
+
+    def interrupt(step, *_):
+        if step >= 1:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 4, 1.0, "euler", "simple", cond, cond,
+                            latent, callback=interrupt, disable_pbar=True)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is patch.MoCARun], "identity tokens outlived the run"
+    state = patch.moca_states(patched)[0]
+    held = [k for k, v in vars(state).items() if torch.is_tensor(v)]
+    assert not held, f"MoCA state holds tensors: {held}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_fp16_bf16_fp8_adapters_run_through_casting_ops(setup, dtype):
+    ref, model, _, identity = setup
+    state = {k: v.to(dtype) for k, v in ref.adapter.state_dict().items()}
+    ap = adapter_mod.build_adapter_patcher(ref.config, state, f"tiny-{dtype}")
+    assert ap.model.layers[0].out.weight.dtype == dtype
+    assert ap.model.tokenizer.type_embed.dtype == torch.float32
+    x, sigma, ctx = inputs(6)
+    out = denoise(patch.apply_moca(model, ap, identity, mm.MoCAOptions()), x, sigma, ctx)
+    full = denoise(patch.apply_moca(model, setup[2], identity, mm.MoCAOptions()), x, sigma, ctx)
+    assert torch.isfinite(out).all()
+    assert (out - full).abs().max() / full.abs().max() < (1e-1 if dtype.itemsize == 1 else 5e-2)
+
+
+def test_wrong_model_and_mismatched_adapter_errors_name_the_input(setup):
+    ref, model, adapter, identity = setup
+    small = mm.MoCAConfig.preset("tiny", num_layers=1)
+    other = adapter_mod.build_adapter_patcher(small, mm.MoCAAdapter(small).init_weights().state_dict(), "one-layer")
+    with pytest.raises(ValueError, match="input 'moca_adapter'.*2 blocks"):
+        patch.apply_moca(model, other, identity, mm.MoCAOptions())
+    with pytest.raises(mm.CheckpointError, match="missing"):
+        adapter_mod.build_adapter_patcher(ref.config, {}, "empty")
