@@ -34,15 +34,11 @@ def stand_in_text(prompt: str, text_dim: int) -> torch.Tensor:
     return torch.randn(1, words + 1, text_dim, generator=g) * 0.1
 
 
-def load_text_embeds(path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Positive (and negative) text states from a safetensors file: keys 'positive'/'context' and 'negative'."""
-    from .checkpoint import read_safetensors
-    tensors, _ = read_safetensors(path)
-    pos = tensors.get("positive", tensors.get("context"))
-    if pos is None:
-        raise ValueError(f"{path}: expected a 'positive' (or 'context') tensor [1, L, 4096]; found {sorted(tensors)}")
-    fix = lambda t: t if t is None or t.ndim == 3 else t[None]          # noqa: E731
-    return fix(pos).float(), fix(tensors.get("negative"))
+def text_states(path) -> torch.Tensor:
+    """The umT5 states [1, L, 4096] of a MoCA Save Text Embeds file (its first conditioning entry)."""
+    from .text_embeds import load_text_embeds
+    conditioning, _ = load_text_embeds(path)
+    return conditioning[0][0].float()
 
 
 def build_model(args) -> tuple[MoCADiT, list[str]]:
@@ -78,22 +74,23 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
 
 def build_identity(args, model) -> tuple[torch.Tensor, list[str]]:
     tok = model.adapter.tokenizer
-    if args.identity or args.face:
-        from .face import FaceAnalyzer, FaceIdentity
-        if args.identity:
-            ident = FaceIdentity.load(args.identity)
-            source = f"identity file {args.identity}"
-        else:
-            if not args.face_models:
-                raise SystemExit("--face needs --face-models: the folder that holds models/antelopev2 "
-                                 "(ComfyUI/models/insightface)")
-            analyzer = FaceAnalyzer.load(args.face_models)
-            ident = analyzer.encode([args.face])
-            source = f"face photo {args.face} ({analyzer.report})"
+    if args.identity:
+        from .identity import load_identity
+        ident = load_identity(args.identity)
         with torch.no_grad():
-            tokens = tok(arcface=torch.as_tensor(ident.embedding).float().view(1, -1))
-        return tokens, [f"identity: ArcFace of the {source}; global tokens only (the local tokens need the "
-                        "Wan VAE, which the CPU demo does not load)"]
+            tokens = ident.tokens(tok)
+        return tokens, [f"identity: {args.identity} ({ident.summary()})"]
+    if args.face:
+        from .face import FaceAnalyzer
+        if not args.face_models:
+            raise SystemExit("--face needs --face-models: the folder that holds models/antelopev2 "
+                             "(ComfyUI/models/insightface)")
+        analyzer = FaceAnalyzer.load(args.face_models)
+        face = analyzer.encode([args.face])
+        with torch.no_grad():
+            tokens = tok(arcface=face.embedding.float().view(1, -1))
+        return tokens, [f"identity: ArcFace of {args.face} ({analyzer.report}); global tokens only (the "
+                        "local tokens need the Wan VAE, which the CPU demo does not load)"]
     g = torch.Generator().manual_seed(args.seed + 1000)
     arc = torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1)
     face_latent = torch.randn(1, 16, 1, 32, 32, generator=g)
@@ -111,8 +108,9 @@ def main(argv=None):
     ap.add_argument("--checkpoint", help="a combined MoCA-DiT .safetensors")
     ap.add_argument("--wan", help="a Wan 2.1 T2V .safetensors for the backbone")
     ap.add_argument("--adapter", help="a MoCA adapter .safetensors")
-    ap.add_argument("--text-embeds", help="umT5 states (.safetensors with 'positive' [and 'negative'])")
-    ap.add_argument("--identity", help="a MoCA identity file (.safetensors) from MoCA Save Identity")
+    ap.add_argument("--text-embeds", help="positive umT5 states from MoCA Save Text Embeds (.safetensors)")
+    ap.add_argument("--negative-embeds", help="negative umT5 states from MoCA Save Text Embeds")
+    ap.add_argument("--identity", help="an identity file (.safetensors) from MoCA Save Identity or moca_model.face")
     ap.add_argument("--face", help="a reference face photo (needs --face-models)")
     ap.add_argument("--face-models", help="the insightface models root (e.g. ComfyUI/models/insightface)")
     ap.add_argument("--frames", type=int, default=17, help="video frames (4k+1; default 17)")
@@ -143,8 +141,10 @@ def main(argv=None):
     model, notes = build_model(args)
     c = model.config
     if args.text_embeds:
-        context, negative = load_text_embeds(args.text_embeds)
-        notes.append(f"text: umT5 states from {args.text_embeds}")
+        context = text_states(args.text_embeds)
+        negative = text_states(args.negative_embeds) if args.negative_embeds else None
+        notes.append(f"text: umT5 states from {args.text_embeds}"
+                     + (f" and {args.negative_embeds}" if args.negative_embeds else " (negative: zeros)"))
     else:
         context, negative = stand_in_text(args.prompt, c.text_dim), stand_in_text(args.negative, c.text_dim)
         notes.append("text: a STAND-IN embedding hashed from the prompt (no umT5 encoder is loaded)")

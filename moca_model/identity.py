@@ -112,3 +112,15 @@ class MoCAIdentity:
                        None if crops is None else crops.float() / 255.0, info)
         except ValueError as e:
             raise CheckpointError(f"{name}: {e}") from e
+
+
+def load_identity(path) -> MoCAIdentity:
+    """Read either identity file: a MoCA identity (MoCA Save Identity: ArcFace + face latents) or a face
+    identity written by `moca_model.face` (ArcFace + crops, no latents: global tokens only)."""
+    from .face.identity import FORMAT as FACE_FORMAT, FaceIdentity
+    _, meta = read_safetensors(path)
+    if meta.get("format") == FACE_FORMAT:
+        face = FaceIdentity.load(path)
+        return MoCAIdentity(face.embeddings, None, "concat" if face.fusion == "separate" else "mean",
+                            face.crops, {"source": str(path), "faces": face.info()})
+    return MoCAIdentity.load(path)
