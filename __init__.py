@@ -6,8 +6,9 @@ and nothing here touches a GPU.
 """
 try:
     from .nodes import comfy_entrypoint  # noqa: F401  (ComfyUI's V3 entry point)
-except ImportError as e:  # imported outside ComfyUI (e.g. by a tool that walks the tree)
-    if "comfy" not in str(e):
+except ImportError as e:  # imported outside ComfyUI (e.g. by a tool that walks the tree, or by
+    # pytest, which imports this file as a top-level module with no parent package)
+    if __package__ and "comfy" not in str(e):
         raise
 
 __all__ = ["comfy_entrypoint"]

@@ -32,3 +32,28 @@ def make_synthetic_shards(out_dir, num_samples: int = 8, per_shard: int = 4, see
                    for i in range(start, min(num_samples, start + per_shard))]
         paths.append(write_shard(out_dir / f"shard_{start // per_shard:05d}.safetensors", samples))
     return paths
+
+
+def tiny_train_config(out_dir, shards, **sections):
+    """A TrainConfig for CPU tests: tiny preset, short text, small LVPL extractor, quiet. `sections` are
+    merged into the defaults, e.g. optim={"max_steps": 5}."""
+    from .config import TrainConfig
+    d = {"out_dir": str(out_dir),
+         "data": {"shards": [str(s) for s in ([shards] if isinstance(shards, (str, Path)) else shards)],
+                  "batch_size": 2, "text_len": 16},
+         "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 8},
+         "objective": {"lvpl": {"vae_dim": 8}},
+         "checkpoint": {"every": 0, "keep_last": 2},
+         "logging": {"every": 1, "progress": False, "tensorboard": False},
+         "train": {"seed": 0}}
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            node = d.setdefault(k, {})
+            for kk, vv in v.items():
+                if isinstance(vv, dict) and isinstance(node.get(kk), dict):
+                    node[kk] = {**node[kk], **vv}
+                else:
+                    node[kk] = vv
+        else:
+            d[k] = v
+    return TrainConfig.from_dict(d)
