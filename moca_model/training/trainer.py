@@ -95,8 +95,9 @@ class Trainer:
         self.global_batch = c.data.batch_size * c.data.grad_accum * self.dist.world
 
         self.module = self._build_module()
-        self.params = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
         self.model = self._wrap(self.module)
+        # after wrapping: FSDP2 replaces parameters by sharded DTensors (same names)
+        self.params = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=c.optim.lr, betas=tuple(c.optim.betas),
                                            eps=c.optim.eps, weight_decay=c.optim.weight_decay, foreach=False)
         self.ema = EMA(self.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
@@ -172,8 +173,7 @@ class Trainer:
             fully_shard(module, **kw)
             return module
         from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                   broadcast_buffers=False)
+        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _build_lvpl(self):
         lv = self.cfg.objective.lvpl
