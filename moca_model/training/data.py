@@ -124,14 +124,15 @@ def read_shard(path) -> list[dict]:
 
 
 def find_shards(patterns) -> list[Path]:
-    """Expand files, folders (their *.safetensors) and globs into a sorted, de-duplicated list."""
+    """Expand files, folders (their *.safetensors but empty_text.safetensors) and globs into a sorted,
+    de-duplicated list."""
     if isinstance(patterns, (str, Path)):
         patterns = [patterns]
     found = []
     for p in patterns:
         p = str(p)
         if os.path.isdir(p):
-            found += sorted(Path(p).glob("*.safetensors"))
+            found += sorted(f for f in Path(p).glob("*.safetensors") if f.name != "empty_text.safetensors")
         elif any(c in p for c in "*?["):
             found += [Path(x) for x in sorted(glob.glob(p))]
         elif os.path.exists(p):
