@@ -197,3 +197,12 @@ def test_validation_writes_a_video(shards, tmp_path):
     assert frames.shape[0] == 3
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/eval_loss" in x for x in lines) and any("train/loss" in x for x in lines)
+
+
+@pytest.mark.parametrize("name", ["train_tiny.yaml", "train_wan2.1-1.3b.yaml", "train_wan2.1-14b.yaml"])
+def test_example_configs_parse(name):
+    pytest.importorskip("yaml", reason="PyYAML not installed (requirements-train.txt); YAML configs untested")
+    from pathlib import Path
+    cfg = TrainConfig.load(Path(__file__).resolve().parents[1] / "configs" / name)
+    from moca_model import MoCAConfig
+    MoCAConfig.preset(cfg.model.preset, **cfg.model.overrides)
