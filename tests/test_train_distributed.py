@@ -74,7 +74,8 @@ def test_fsdp2_interrupted_and_resumed_matches_one_process(single):
     """FSDP2 (fully_shard) on 2 processes, stopped after 2 steps and resumed from the checkpoint."""
     from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2 API present)
     tmp, sections, ref = single
-    cfg = _write_cfg(tmp, "fsdp_resume", sections, train={**sections["train"], "strategy": "fsdp"})
+    cfg = _write_cfg(tmp, "fsdp_resume", sections, train={**sections["train"], "strategy": "fsdp"},
+                     validation={"every": STEPS, "steps": 2})        # validation through the sharded model
     env_args = ["--stop-after", "2"]
     res = _torchrun(cfg, 2, extra=env_args)
     if res.returncode != 0 and "not supported" in res.stderr.lower():
@@ -83,6 +84,7 @@ def test_fsdp2_interrupted_and_resumed_matches_one_process(single):
     assert list_checkpoints(tmp / "fsdp_resume")[-1].name == "step_00000002"
     res = _torchrun(cfg, 2, extra=["--resume"])
     assert res.returncode == 0, res.stderr[-4000:]
+    assert len(list((tmp / "fsdp_resume" / "validation").glob("*.mp4"))) == 1
     diff = _compare(ref, _final(tmp / "fsdp_resume"))
     print(f"\nFSDP2 2 + 2 steps (resumed) vs 1 process x 4 steps: max |param diff| = {diff:.3e}")
     assert diff <= 1e-6

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TRAINABLE = ("adapter", "lora", "full")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16")          # fp16 would need a GradScaler; bf16 does not
 STRATEGIES = ("ddp", "fsdp")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -82,7 +82,7 @@ class TrainSection:
     lora_targets: list = field(default_factory=lambda: ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                                                          "cross_attn.q", "cross_attn.k", "cross_attn.v",
                                                          "cross_attn.o", "ffn.0", "ffn.2"])
-    mixed_precision: str = "no"             # no | bf16 | fp16 (autocast; master weights stay param_dtype)
+    mixed_precision: str = "no"             # no | bf16 (autocast; master weights stay param_dtype)
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999
     seed: int = 0
@@ -156,8 +156,8 @@ class TrainConfig:
             problems.append(f"data.reference={self.data.reference!r} (choose random, first)")
         if self.model.backbone_dtype in ("bfloat16", "float16") and self.train.mixed_precision == "no" \
                 and self.train.trainable != "full":
-            problems.append(f"model.backbone_dtype={self.model.backbone_dtype} needs train.mixed_precision "
-                            "bf16 or fp16 (the fp32 adapter runs on the backbone's activations under autocast)")
+            problems.append(f"model.backbone_dtype={self.model.backbone_dtype} needs train.mixed_precision: bf16 "
+                            "(the fp32 adapter runs on the backbone's activations under autocast)")
         if self.objective.timestep_sampling not in ("uniform", "logit_normal"):
             problems.append(f"objective.timestep_sampling={self.objective.timestep_sampling!r} "
                             "(choose uniform, logit_normal)")

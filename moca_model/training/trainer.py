@@ -162,9 +162,8 @@ class Trainer:
         if self.cfg.train.strategy == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
             mp = None
-            if self.cfg.train.mixed_precision != "no" and self.device.type == "cuda":
-                mp = MixedPrecisionPolicy(param_dtype=DTYPES["bfloat16" if self.cfg.train.mixed_precision == "bf16"
-                                                            else "float16"], reduce_dtype=torch.float32)
+            if self.cfg.train.mixed_precision == "bf16" and self.device.type == "cuda":
+                mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             kw = {"mp_policy": mp} if mp is not None else {}
             dit = module.dit
             for block, layer in zip(dit.blocks, dit.adapter.layers):
@@ -297,7 +296,7 @@ class Trainer:
         mp = self.cfg.train.mixed_precision
         if mp == "no":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def micro_batches(self, step: int):
         """(samples, positions) of this process's micro-batches at an optimiser step."""

@@ -41,6 +41,22 @@ def likeness_to_embedding(root: str, pack: str, frames: torch.Tensor, arcface: t
     return float((emb @ torch.nn.functional.normalize(ref, dim=0)).mean())
 
 
+class _SamplerView:
+    """MoCADiT's call signature on top of MoCATrainModule (identity tokens come from the fixed reference)."""
+
+    def __init__(self, module, arcface, face_latent):
+        self.module, self.arcface, self.face_latent = module, arcface, face_latent
+
+    def __call__(self, x, timestep, context, identity=None, moca_options=None, identity_mask=None):
+        B = x.shape[0]
+        if identity is None:
+            mask = x.new_zeros(B)
+        else:
+            mask = identity_mask if identity_mask is not None else x.new_ones(B)
+        return self.module(x, timestep, context, self.arcface.expand(B, -1), self.face_latent.expand(B, -1, -1, -1, -1),
+                           mask)
+
+
 @torch.no_grad()
 def run_validation(trainer) -> dict:
     c, v = trainer.cfg, trainer.cfg.validation
@@ -62,10 +78,12 @@ def run_validation(trainer) -> dict:
         arc = (a[0] if a.ndim == 2 else a)[None].to(dev, dt)
         face = (fl[0] if fl.ndim == 5 else fl)[None].to(dev, dt)
         with trainer._autocast():
-            identity = module.dit.adapter.tokenizer(arcface=arc, face_latent=face)
+            # Through the (possibly FSDP-wrapped) training module: it makes the identity tokens itself, and
+            # identity_mask = 0 gives the backbone for the sampler's passes without identity.
             noise = make_noise((1, *s["latents"].shape), v.seed, device=dev, dtype=dt)
-            z = sample(module.dit, noise, ctx, neg, identity, steps=v.steps, text_cfg=v.text_cfg, id_cfg=v.id_cfg,
-                       shift=v.shift, progress=False)
+            z = sample(_SamplerView(trainer.model if fsdp else module, arc, face), noise, ctx, neg,
+                       torch.zeros(1, 1, 1, device=dev, dtype=dt), steps=v.steps, text_cfg=v.text_cfg,
+                       id_cfg=v.id_cfg, shift=v.shift, progress=False)
         frames = latent_to_rgb(z.float())[0]                                       # [T, H, W, 3]
         out = {"val/eval_loss": trainer.eval_loss()}
         if trainer.dist.is_main:
