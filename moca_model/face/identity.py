@@ -1,0 +1,229 @@
+"""``FaceIdentity``: the encoded reference faces, and its small safetensors file.
+
+A saved identity holds everything later runs need (ArcFace embeddings, the fused embedding, the aligned
+112 crops and the larger local crops, per-face quality, metadata), so they need no detector. Crops are
+stored as uint8 to keep the file small (about 0.25 MB per reference at the default 256 px crop). Writes are
+atomic (temp file in the same folder, then ``os.replace``) and never overwrite unless asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import FaceIdentityFileError, FaceIdentityNotFoundError
+from .quality import FaceQuality
+
+FORMAT = "moca-face-identity"
+FORMAT_VERSION = 1
+EMBED_DIM = 512
+_TENSORS = ("embeddings", "embedding", "crops112", "crops")
+
+
+def _uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.detach().float().cpu() * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+@dataclass
+class FaceIdentity:
+    """Reference faces encoded for MoCA.
+
+    ``embeddings`` [R, 512] (L2-normalised, one per kept reference), ``embedding`` [512] (their mean,
+    re-normalised), ``crops112`` [R, 112, 112, 3] and ``crops`` [R, S, S, 3] (float 0..1, RGB), ``quality``
+    (one :class:`FaceQuality` per reference), ``skipped`` (input image indices without a usable face),
+    ``dropped`` (references removed as outliers), ``fusion`` ("mean" or "separate": whether consumers should
+    use the fused embedding or every reference).
+    """
+
+    embeddings: torch.Tensor
+    embedding: torch.Tensor
+    crops112: torch.Tensor
+    crops: torch.Tensor
+    quality: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)  # [{"image_index": i, "similarity_to_others": s}]
+    fusion: str = "mean"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ views
+    @property
+    def num_references(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_references
+
+    def arcface(self) -> torch.Tensor:
+        """The embeddings to condition on: [1, 512] for fusion "mean", [R, 512] for "separate"."""
+        return self.embedding[None] if self.fusion == "mean" else self.embeddings
+
+    def to(self, device=None, dtype=None) -> "FaceIdentity":
+        """A copy with tensors on ``device`` (and floating tensors in ``dtype``)."""
+        def mv(t):
+            return t.to(device=device, dtype=dtype if dtype is not None else t.dtype)
+        return FaceIdentity(mv(self.embeddings), mv(self.embedding), mv(self.crops112), mv(self.crops),
+                            list(self.quality), list(self.skipped), list(self.dropped), self.fusion,
+                            dict(self.metadata))
+
+    def info(self) -> str:
+        """Human summary, several lines."""
+        m = self.metadata
+        lines = [
+            f"MoCA face identity: {self.num_references} reference(s), fusion '{self.fusion}', "
+            f"pack {m.get('pack', '?')}, crops {self.crops.shape[1]} px"
+            + (f", created {m['created']}" if m.get("created") else "")
+        ]
+        if self.num_references > 1:
+            e = self.embeddings.float()
+            sims = e @ e.T
+            off = sims[~torch.eye(len(e), dtype=torch.bool)]
+            lines.append(f"  agreement between references: cosine mean {off.mean():.2f}, min {off.min():.2f}")
+        for q in self.quality:
+            lines.append("  " + q.short())
+        if self.skipped:
+            reasons = m.get("skip_reasons", {})
+            lines.append("  skipped images (no usable face): " + ", ".join(
+                f"{i}" + (f" ({reasons.get(str(i))})" if reasons.get(str(i)) else "") for i in self.skipped))
+        if self.dropped:
+            lines.append("  dropped as outliers: " + ", ".join(
+                f"image {d['image_index']} (sim {d['similarity_to_others']:.2f})" for d in self.dropped))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"FaceIdentity(references={self.num_references}, fusion={self.fusion!r}, "
+                f"crop_size={int(self.crops.shape[1])}, skipped={self.skipped}, pack={self.metadata.get('pack')!r})")
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`FaceIdentityFileError` if shapes or values are inconsistent."""
+        problems = []
+        e, f, c1, c = self.embeddings, self.embedding, self.crops112, self.crops
+        r = e.shape[0] if e.ndim == 2 else -1
+        if e.ndim != 2 or e.shape[1] != EMBED_DIM or r < 1:
+            problems.append(f"embeddings has shape {list(e.shape)}, expected [R>=1, {EMBED_DIM}]")
+        if f.shape != (EMBED_DIM,):
+            problems.append(f"embedding has shape {list(f.shape)}, expected [{EMBED_DIM}]")
+        if c1.ndim != 4 or c1.shape[0] != r or c1.shape[3] != 3 or c1.shape[1] != c1.shape[2]:
+            problems.append(f"crops112 has shape {list(c1.shape)}, expected [{r}, 112, 112, 3]")
+        if c.ndim != 4 or c.shape[0] != r or c.shape[3] != 3 or c.shape[1] != c.shape[2]:
+            problems.append(f"crops has shape {list(c.shape)}, expected [{r}, S, S, 3]")
+        if len(self.quality) != r:
+            problems.append(f"{len(self.quality)} quality records for {r} references")
+        if not problems and not (torch.isfinite(e).all() and torch.isfinite(f).all()):
+            problems.append("embeddings contain NaN or infinity")
+        if self.fusion not in ("mean", "separate"):
+            problems.append(f"unknown fusion {self.fusion!r}")
+        if problems:
+            raise FaceIdentityFileError("Inconsistent face identity: " + "; ".join(problems) + ".")
+
+    # ------------------------------------------------------------------ file
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write a ``.safetensors`` identity file atomically; refuse to replace one unless ``overwrite``."""
+        from safetensors.torch import save
+
+        path = Path(os.path.expanduser(str(path)))
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True to replace it or choose another name."
+            )
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'identity.safetensors'}.")
+        tensors = {
+            "embeddings": self.embeddings.detach().float().cpu().contiguous(),
+            "embedding": self.embedding.detach().float().cpu().contiguous(),
+            "crops112": _uint8(self.crops112),
+            "crops": _uint8(self.crops),
+        }
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "fusion": self.fusion,
+            "quality": json.dumps([q.as_dict() for q in self.quality]),
+            "skipped": json.dumps([int(i) for i in self.skipped]),
+            "dropped": json.dumps(self.dropped),
+            "metadata": json.dumps(self.metadata, default=str),
+        }
+        data = save(tensors, metadata=meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists() and not overwrite:  # appeared meanwhile: still never overwrite silently
+                raise FileExistsError(f"{path} appeared while saving; pass overwrite=True to replace it.")
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path, device=None) -> "FaceIdentity":
+        """Read an identity file; :class:`FaceIdentityFileError` with the reason if it is not a valid one."""
+        from safetensors import safe_open
+
+        path = Path(os.path.expanduser(str(path)))
+        if not path.is_file():
+            raise FaceIdentityNotFoundError(
+                f"Face identity file {path} does not exist"
+                + (" (it is a folder)" if path.is_dir() else "") + ". Encode the reference photos and save them first."
+            )
+        fix = "Re-create it by encoding the reference photos again."
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                keys = set(f.keys())
+                tensors = {k: f.get_tensor(k) for k in keys if k in _TENSORS}
+        except Exception as e:
+            raise FaceIdentityFileError(
+                f"{path} is not a readable safetensors file (truncated or corrupt: {type(e).__name__}: {e}). {fix}"
+            ) from e
+        if meta.get("format") != FORMAT:
+            raise FaceIdentityFileError(
+                f"{path} is a safetensors file but not a MoCA face identity (format "
+                f"{meta.get('format')!r}, tensors: {', '.join(sorted(keys)[:6]) or 'none'}). Did you pick a model "
+                f"checkpoint? Choose a file written by the identity save node or FaceIdentity.save()."
+            )
+        try:
+            version = int(meta.get("format_version", "0"))
+        except ValueError:
+            version = -1
+        if version > FORMAT_VERSION:
+            raise FaceIdentityFileError(
+                f"{path} was written by a newer MoCA (identity format {version}, this version reads up to "
+                f"{FORMAT_VERSION}). Update ComfyUI-MoCA."
+            )
+        if version < 1:
+            raise FaceIdentityFileError(f"{path} has an invalid identity format version {meta.get('format_version')!r}. {fix}")
+        missing = [k for k in _TENSORS if k not in tensors]
+        if missing:
+            raise FaceIdentityFileError(f"{path} lacks the tensors {', '.join(missing)}. {fix}")
+        try:
+            quality = [FaceQuality.from_dict(d) for d in json.loads(meta.get("quality", "[]"))]
+            skipped = [int(i) for i in json.loads(meta.get("skipped", "[]"))]
+            dropped = list(json.loads(meta.get("dropped", "[]")))
+            metadata = dict(json.loads(meta.get("metadata", "{}")))
+        except (ValueError, TypeError) as e:
+            raise FaceIdentityFileError(f"{path} has unreadable metadata ({e}). {fix}") from e
+
+        def img(t):
+            return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+        try:
+            ident = cls(tensors["embeddings"].float(), tensors["embedding"].float(), img(tensors["crops112"]),
+                        img(tensors["crops"]), quality, skipped, dropped, meta.get("fusion", "mean"), metadata)
+        except FaceIdentityFileError as e:
+            raise FaceIdentityFileError(f"{path}: {e} {fix}") from e
+        return ident.to(device) if device is not None else ident

@@ -1,0 +1,99 @@
+"""Likeness score: ArcFace cosine similarity of each video frame's face to an identity.
+
+Frames without a face are reported as such (``None``) and left out of the statistics - never scored 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import align as A
+from .analyzer import order_faces
+from .errors import FaceOptionError
+from .identity import FaceIdentity
+from .images import load_images
+from .threads import single_thread
+
+LIKENESS_SELECT = ("largest", "best")
+
+
+@dataclass
+class LikenessReport:
+    """Per-frame cosine similarity (``None`` = no face) and statistics over the frames with a face."""
+
+    scores: list  # float | None per frame
+    mean: float | None
+    min: float | None
+    p10: float | None  # 10th percentile (linear interpolation)
+    n_frames: int
+    n_no_face: int
+    no_face_frames: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)  # [x1, y1, x2, y2] | None per frame
+
+    def as_dict(self) -> dict:
+        return {"scores": self.scores, "mean": self.mean, "min": self.min, "p10": self.p10,
+                "n_frames": self.n_frames, "n_no_face": self.n_no_face, "no_face_frames": self.no_face_frames}
+
+    def __getitem__(self, key):  # dict-style access for callers that prefer it
+        return self.as_dict()[key]
+
+    def scores_tensor(self) -> torch.Tensor:
+        """[N] float32 with NaN where no face was found (for plots)."""
+        return torch.tensor([float("nan") if s is None else s for s in self.scores], dtype=torch.float32)
+
+    def summary(self) -> str:
+        scored = self.n_frames - self.n_no_face
+        if scored == 0:
+            return f"likeness: no face found in any of the {self.n_frames} frames"
+        s = (f"likeness: mean {self.mean:.3f}, min {self.min:.3f}, p10 {self.p10:.3f} over {scored}/{self.n_frames} "
+             f"frames with a face")
+        if self.n_no_face:
+            shown = ", ".join(map(str, self.no_face_frames[:12])) + (" ..." if self.n_no_face > 12 else "")
+            s += f"; no face in {self.n_no_face} frame(s): {shown}"
+        return s
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def likeness_scores(analyzer, frames, identity: FaceIdentity, select: str = "largest",
+                    det_size: int | None = None, det_thresh: float | None = None, fallback: bool = False,
+                    batch_size: int = 32) -> LikenessReport:
+    """Score every frame of ``frames`` (IMAGE [N, H, W, 3], or anything ``load_images`` accepts).
+
+    select: ``largest`` face per frame (default) or ``best`` (the face most similar to the identity).
+    The identity's fused embedding is the reference. ``fallback`` retries smaller detector sizes on frames
+    without a face (slower; off by default because generated frames are usually face-sized).
+    """
+    select = str(select).lower()
+    if select not in LIKENESS_SELECT:
+        raise FaceOptionError(f"select={select!r} is not one of {', '.join(LIKENESS_SELECT)}.")
+    loaded = load_images(frames)
+    ref = identity.embedding.float().cpu()
+    ref = ref / ref.norm().clamp_min(1e-12)
+    cand = []  # (frame, kps [5, 2], box)
+    for img in loaded:
+        faces, _ = analyzer.detect_loaded(img, det_size, det_thresh, fallback)
+        faces = order_faces(faces, "largest") if select == "largest" else faces
+        cand.append(faces[:1] if select == "largest" else faces)
+    # align every candidate face, embed in batches
+    jobs = [(i, f) for i, faces in enumerate(cand) for f in faces]
+    sims = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        with single_thread(analyzer.device):
+            crops = torch.cat([A.align_faces(loaded[i].data.to(analyzer.device), torch.from_numpy(f.kps)[None],
+                                             analyzer.backend.rec_size)[0].cpu() for i, f in chunk])
+        sims += (analyzer.embed(crops) @ ref).tolist()
+    best: dict = {}
+    for (i, f), s in zip(jobs, sims):
+        if i not in best or s > best[i][0]:
+            best[i] = (s, f)
+    scores = [round(float(best[i][0]), 6) if i in best else None for i in range(len(loaded))]
+    boxes = [[float(v) for v in best[i][1].box] if i in best else None for i in range(len(loaded))]
+    vals = np.array([s for s in scores if s is not None], dtype=np.float64)
+    no_face = [i for i, s in enumerate(scores) if s is None]
+    stats = (float(vals.mean()), float(vals.min()), float(np.percentile(vals, 10))) if len(vals) else (None,) * 3
+    return LikenessReport(scores, *stats, len(loaded), len(no_face), no_face, boxes)
