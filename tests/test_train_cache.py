@@ -179,3 +179,29 @@ def test_real_encoder_classes_tiny_random(tmp_path):
     assert stats["written"] == 1
     s = read_shard(next((tmp_path / "cache").glob("shard_*.safetensors")))[0]
     assert s["latents"].shape == (16, 2, 4, 4) and s["text"].shape == (4, 4096)
+
+
+def test_insightface_encoder_with_a_tiny_pack(tmp_path):
+    """The real face encoder (moca_model.face on a tiny ONNX antelopev2 pack that sees the astronaut)."""
+    face_models = pytest.importorskip("face_models", reason="tests/face_models.py (face branch) not present")
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from moca_model.training.cache import InsightFaceEncoder
+    face_models.make_tiny_pack(tmp_path / "insightface")
+    enc = InsightFaceEncoder(tmp_path / "insightface", crop_size=64, backend="onnxruntime")
+    img = face_models.astronaut()
+    arc, crops = enc.encode([img, np.zeros_like(img)])           # the black image has no face: left out
+    assert arc.shape == (1, 512) and crops.shape == (1, 64, 64, 3)
+    with pytest.raises(NoFaceError):
+        enc.encode([np.zeros_like(img)])
+    (tmp_path / "v").mkdir()
+    _clip(tmp_path / "v" / "a.mp4", 0)
+    Image.fromarray(img).save(tmp_path / "astronaut.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"video": "v/a.mp4", "caption": "an astronaut",
+                                                  "reference": ["astronaut.png"]}))
+    stats = Cacher(PoolVideoEncoder(), HashTextEncoder(), enc, num_frames=5, height=32, width=32, fps=None,
+                   log=lambda *a: None).run(tmp_path / "m.jsonl", tmp_path / "cache")
+    assert stats["written"] == 1
+    s = read_shard(next((tmp_path / "cache").glob("shard_*.safetensors")))[0]
+    assert s["arcface"].shape == (512,) and s["face_latent"].shape == (16, 1, 8, 8)

@@ -206,3 +206,18 @@ def test_example_configs_parse(name):
     cfg = TrainConfig.load(Path(__file__).resolve().parents[1] / "configs" / name)
     from moca_model import MoCAConfig
     MoCAConfig.preset(cfg.model.preset, **cfg.model.overrides)
+
+
+def test_validation_likeness_score_with_a_tiny_face_pack(tmp_path):
+    face_models = pytest.importorskip("face_models", reason="tests/face_models.py (face branch) not present")
+    pytest.importorskip("onnxruntime")
+    from moca_model.face import FaceAnalyzer
+    from moca_model.training.validation import likeness_to_embedding
+    face_models.make_tiny_pack(tmp_path)
+    img = face_models.astronaut()
+    ref = FaceAnalyzer.load(tmp_path, backend="onnxruntime").encode([img]).embedding
+    frames = torch.from_numpy(img).float().div(255)[None].repeat(2, 1, 1, 1)
+    score = likeness_to_embedding(str(tmp_path), "antelopev2", frames, ref)
+    assert score is not None and score > 0.99
+    with pytest.warns(UserWarning, match="likeness score skipped"):
+        assert likeness_to_embedding(str(tmp_path), "antelopev2", torch.zeros(2, 64, 64, 3), ref) is None

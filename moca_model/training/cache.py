@@ -113,16 +113,20 @@ class UMT5TextEncoder:
 class InsightFaceEncoder:
     """ArcFace embeddings and aligned crops from an insightface model pack (moca_model.face)."""
 
-    def __init__(self, models_root, pack="antelopev2", crop_size: int = 256):
+    def __init__(self, models_root, pack="antelopev2", crop_size: int = 256, provider: str = "auto",
+                 backend: str = "auto"):
         try:
             from ..face import FaceAnalyzer
         except ImportError as e:
             raise ImportError("Face encoding needs moca_model.face (the face module of this project); "
                               "update the checkout") from e
-        self.analyzer = FaceAnalyzer.load(models_root, pack=pack)
+        self.analyzer = FaceAnalyzer.load(models_root, pack=pack, provider=provider, backend=backend)
+        print(self.analyzer.report)
         self.crop_size = crop_size
 
     def encode(self, images):
+        """images: list of [H, W, 3] uint8 -> (ArcFace [R, 512], aligned local crops [R, S, S, 3] in 0..1);
+        images without a face are left out, none at all raises NoFaceError."""
         from ..face import FaceNotFoundError
         try:
             ident = self.analyzer.encode(list(images), on_no_face="skip", fusion="separate", crop_size=self.crop_size)

@@ -4,6 +4,7 @@ root is configured and `moca_model.face` is available, the likeness score of the
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..sampling import make_noise, sample
 from ..video import write_video
 
 
+@functools.lru_cache(maxsize=2)
 def _face_analyzer(root: str, pack: str):
     try:
         from ..face import FaceAnalyzer
