@@ -96,7 +96,7 @@ class Trainer:
 
         self.module = self._build_module()
         self.model = self._wrap(self.module)
-        # after wrapping: FSDP2 replaces parameters by sharded DTensors (same names)
+        # collected after sharding: FSDP2 replaces parameters by sharded DTensors (same names)
         self.params = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=c.optim.lr, betas=tuple(c.optim.betas),
                                            eps=c.optim.eps, weight_decay=c.optim.weight_decay, foreach=False)
@@ -109,9 +109,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_module(self) -> MoCATrainModule:
+        """The training module on this process's device. Under FSDP2 every rank builds a meta skeleton, shards
+        it and receives the weights from rank 0 (the only process that reads the backbone file), so no GPU
+        ever holds the whole backbone and host memory is needed on rank 0 only."""
+        c = self.cfg
+        if self.dist.enabled and c.train.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            module = self._make_module("meta")
+            self._shard(module)
+            module.to_empty(device=self.device)
+            full = self._make_module("cpu").state_dict() if self.dist.is_main else {}
+            set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True,
+                                                                        broadcast_from_rank0=True))
+            del full
+        else:
+            module = self._make_module(self.device)
+        dit = module.dit
+        dit.gradient_checkpointing = c.train.gradient_checkpointing
+        module.train()
+        n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        n_bb = sum(p.numel() for n, p in module.named_parameters() if not n.startswith(("dit.adapter.", "lora.")))
+        n_ad = sum(p.numel() for n, p in module.named_parameters() if n.startswith("dit.adapter."))
+        self.log(f"[moca-train] MoCA {c.model.preset}: backbone {n_bb / 1e6:.1f}M, adapter {n_ad / 1e6:.1f}M, "
+                 f"trainable {n_train / 1e6:.2f}M ({c.train.trainable}); {self.dist.world} process(es) on "
+                 f"{self.device} ({c.train.strategy if self.dist.enabled else 'single'})")
+        return module
+
+    def _make_module(self, device) -> MoCATrainModule:
+        """MoCADiT (+ LoRA) with weights (backbone file or seeded random init, fresh or given adapter), the
+        trainable set marked and dtypes applied, on `device` ("meta" = shapes only, no weights)."""
         c, mc = self.cfg, self.mcfg
+        device = torch.device(device)
+        meta = device.type == "meta"
         torch.manual_seed(c.train.seed)                       # same random init on every rank
-        if c.model.backbone:
+        if meta:
+            dit = MoCADiT(mc, device="meta")
+        elif c.model.backbone:
             from ..adapter import MoCAAdapter
             from ..checkpoint import check_state_dict, normalize_wan_keys, read_safetensors
             sd, _ = read_safetensors(c.model.backbone)
@@ -123,7 +156,7 @@ class Trainer:
                                 assign=True, strict=True)
         else:
             dit = MoCADiT(mc)
-        if c.model.adapter_init:
+        if c.model.adapter_init and not meta:
             from ..checkpoint import read_moca
             f = read_moca(c.model.adapter_init)
             if f.config != mc:
@@ -145,31 +178,26 @@ class Trainer:
                 dt = torch.float32
             else:
                 dt = pdt if p.requires_grad else bdt
-            p.data = p.data.to(self.device, dtype=dt)
+            p.data = p.data.to(device, dtype=dt)
         for name, b in module.named_buffers():
-            b.data = b.data.to(self.device)
-        dit.gradient_checkpointing = c.train.gradient_checkpointing
-        module.train()
-        n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        self.log(f"[moca-train] MoCA {c.model.preset}: backbone {dit.num_parameters('backbone') / 1e6:.1f}M, "
-                 f"adapter {dit.num_parameters('adapter') / 1e6:.1f}M, trainable {n_train / 1e6:.2f}M ({mode}); "
-                 f"{self.dist.world} process(es) on {self.device}")
+            b.data = b.data.to(device)
         return module
 
+    def _shard(self, module: MoCATrainModule):
+        """FSDP2: one unit per Wan block and per MoCA layer, the rest (embeddings, head, tokenizer, LoRA) in the
+        root unit; bf16 compute and fp32 gradient reduction on CUDA with mixed precision."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        kw = {}
+        if self.cfg.train.mixed_precision == "bf16" and self.device.type == "cuda":
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        dit = module.dit
+        for block, layer in zip(dit.blocks, dit.adapter.layers):
+            fully_shard(block, **kw)
+            fully_shard(layer, **kw)
+        fully_shard(module, **kw)
+
     def _wrap(self, module: nn.Module) -> nn.Module:
-        if not self.dist.enabled:
-            return module
-        if self.cfg.train.strategy == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-            mp = None
-            if self.cfg.train.mixed_precision == "bf16" and self.device.type == "cuda":
-                mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            kw = {"mp_policy": mp} if mp is not None else {}
-            dit = module.dit
-            for block, layer in zip(dit.blocks, dit.adapter.layers):
-                fully_shard(block, **kw)
-                fully_shard(layer, **kw)
-            fully_shard(module, **kw)
+        if not self.dist.enabled or self.cfg.train.strategy == "fsdp":       # FSDP2 shards in _build_module
             return module
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
