@@ -86,8 +86,12 @@ def read_safetensors(path) -> tuple[dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        head = f.read(9)
+    # safetensors = 8-byte little-endian header length, then the JSON header; the length's first byte can be
+    # 0x80, like a pickle's opcode, so only call it a pickle when no JSON header follows.
+    is_safetensors = head[8:9] == b"{"
+    if not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80" or
+                               path.suffix in (".pt", ".pth", ".ckpt", ".bin")):
         raise CheckpointError(
             f"{path.name} is not a .safetensors file (it looks like a PyTorch pickle). MoCA loads only "
             "safetensors, because pickles can run arbitrary code. Convert it once with: "

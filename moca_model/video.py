@@ -1,4 +1,4 @@
-"""Writing frames to an mp4 (H.264 through PyAV), atomically."""
+"""Video files: write frames to an mp4 (H.264 through PyAV) atomically, read frames back."""
 from __future__ import annotations
 
 import os
@@ -50,3 +50,22 @@ def write_video(path, frames, fps: float = 16.0, overwrite: bool = False, crf: i
             os.unlink(tmp)
         raise
     return path
+
+
+def read_video(path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video file -> (frames [T, H, W, 3] uint8, fps). Raises ValueError naming the file if unreadable."""
+    import av
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 16)
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames and len(frames) >= max_frames:
+                    break
+    except Exception as e:
+        raise ValueError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+    if not frames:
+        raise ValueError(f"{path}: the video has no frames")
+    return np.stack(frames), fps

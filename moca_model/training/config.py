@@ -1,0 +1,248 @@
+"""TrainConfig: every knob of a training run, in sections, loaded from YAML or JSON and validated.
+
+Unknown keys are errors that name the key, its section and the known keys, so a typo never silently
+falls back to a default. `python train_moca.py --config FILE` reads this; docs/training.md lists it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRAINABLE = ("adapter", "lora", "full")
+PRECISIONS = ("no", "bf16")          # fp16 would need a GradScaler; bf16 does not
+STRATEGIES = ("ddp", "fsdp")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"                    # MoCAConfig preset: tiny | small | wan2.1-1.3b | wan2.1-14b
+    overrides: dict = field(default_factory=dict)   # MoCAConfig fields to change, e.g. {num_local_tokens: 16}
+    backbone: str | None = None             # Wan 2.1 T2V .safetensors; None = random init (tests, benchmarks)
+    adapter_init: str | None = None         # start from this adapter file instead of a fresh adapter
+    backbone_dtype: str = "float32"         # storage dtype of the frozen backbone (bfloat16 halves its memory)
+    param_dtype: str = "float32"            # dtype of the trainable parameters (float64 only for exactness tests)
+
+
+@dataclass
+class DataSection:
+    shards: list = field(default_factory=list)   # shard files, folders of shards or glob patterns
+    batch_size: int = 1                     # micro-batch per process
+    grad_accum: int = 1                     # micro-batches per optimiser step (global batch = B * accum * world)
+    text_len: int | None = None             # pad text states to this many tokens (None = 512, as Wan does)
+    reference: str = "random"               # several references per sample: a "random" one per step, or the "first"
+    shuffle: bool = True
+
+
+@dataclass
+class LVPLSection:
+    weight: float = 0.1                     # lambda; 0 disables LVPL
+    max_sigma: float = 0.5                  # only where sigma <= this (t <= 500 of 1000: low noise)
+    face_weight: float = 1.0                # weight inside the face mask
+    background_weight: float = 0.25         # weight outside it
+    temporal_weight: float = 0.5            # weight of the frame-difference term
+    extractor: str = "wan_vae_decoder"      # "wan_vae_decoder" | "identity" | "module.path:factory"
+    vae: str | None = None                  # wan_2.1_vae.safetensors for the decoder stages (None = random init)
+    vae_dim: int = 96                       # Wan 2.1 VAE base width (96); tiny tests use less
+    stages: list = field(default_factory=lambda: ["conv1", "middle", "up0"])
+    stage_weights: list | None = None       # per stage (default: equal, summing to 1)
+    checkpoint: bool = True                 # recompute extractor activations in backward (saves memory)
+
+
+@dataclass
+class ObjectiveSection:
+    shift: float = 5.0                      # timestep shift for training-time sigma sampling
+    timestep_sampling: str = "uniform"      # "uniform" or "logit_normal" u, then shifted
+    text_dropout: float = 0.1               # probability of the empty prompt (enables text CFG)
+    id_dropout: float = 0.1                 # probability of no identity (enables identity CFG)
+    empty_text: str | None = None           # safetensors with key "text" [L, 4096] (the encoded ""); None = zeros
+    lvpl: LVPLSection = field(default_factory=LVPLSection)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    min_lr_ratio: float = 0.0               # cosine floor as a fraction of lr
+    grad_clip: float = 1.0                  # max global grad norm (0 = off)
+
+
+@dataclass
+class TrainSection:
+    trainable: str = "adapter"              # adapter | lora | full
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: list = field(default_factory=lambda: ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                                                         "cross_attn.q", "cross_attn.k", "cross_attn.v",
+                                                         "cross_attn.o", "ffn.0", "ffn.2"])
+    mixed_precision: str = "no"             # no | bf16 (autocast; master weights stay param_dtype)
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999
+    seed: int = 0
+    strategy: str = "ddp"                   # ddp | fsdp (FSDP2 fully_shard; for the 14B backbone)
+    deterministic: bool = True              # torch.use_deterministic_algorithms (exact resume)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 500                        # optimiser steps between checkpoints (0 = only the last)
+    keep_last: int = 3
+
+
+@dataclass
+class LoggingSection:
+    every: int = 10                         # steps between TensorBoard scalars / log lines
+    tensorboard: bool = True                # needs the `tensorboard` package; falls back to a JSONL log
+    progress: bool = True                   # tqdm bar with ETA (rank 0)
+
+
+@dataclass
+class ValidationSection:
+    every: int = 0                          # steps between validation videos (0 = off)
+    sample: int = 0                         # dataset index of the fixed validation sample
+    steps: int = 20
+    text_cfg: float = 5.0
+    id_cfg: float = 1.0
+    shift: float = 8.0
+    seed: int = 42
+    fps: int = 16
+    face_models: str | None = None          # insightface models root: adds the likeness score
+    face_pack: str = "antelopev2"
+
+
+@dataclass
+class ExportSection:
+    name: str = "moca_adapter.safetensors"  # written into out_dir/ at the end
+    use_ema: bool = True                    # export EMA weights when EMA is on
+    dtype: str = "float32"
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/moca"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    def __post_init__(self):
+        problems = []
+        if self.train.trainable not in TRAINABLE:
+            problems.append(f"train.trainable={self.train.trainable!r} (choose {TRAINABLE})")
+        if self.train.mixed_precision not in PRECISIONS:
+            problems.append(f"train.mixed_precision={self.train.mixed_precision!r} (choose {PRECISIONS})")
+        if self.train.strategy not in STRATEGIES:
+            problems.append(f"train.strategy={self.train.strategy!r} (choose {STRATEGIES})")
+        for name in ("backbone_dtype", "param_dtype"):
+            if getattr(self.model, name) not in DTYPES:
+                problems.append(f"model.{name}={getattr(self.model, name)!r} (choose {DTYPES})")
+        if self.export.dtype not in DTYPES:
+            problems.append(f"export.dtype={self.export.dtype!r} (choose {DTYPES})")
+        if self.data.batch_size < 1 or self.data.grad_accum < 1:
+            problems.append("data.batch_size and data.grad_accum must be >= 1")
+        if self.data.reference not in ("random", "first"):
+            problems.append(f"data.reference={self.data.reference!r} (choose random, first)")
+        if self.model.backbone_dtype in ("bfloat16", "float16") and self.train.mixed_precision == "no" \
+                and self.train.trainable != "full":
+            problems.append(f"model.backbone_dtype={self.model.backbone_dtype} needs train.mixed_precision: bf16 "
+                            "(the fp32 adapter runs on the backbone's activations under autocast)")
+        if self.objective.timestep_sampling not in ("uniform", "logit_normal"):
+            problems.append(f"objective.timestep_sampling={self.objective.timestep_sampling!r} "
+                            "(choose uniform, logit_normal)")
+        for name in ("text_dropout", "id_dropout"):
+            if not 0.0 <= getattr(self.objective, name) < 1.0:
+                problems.append(f"objective.{name} must be in [0, 1)")
+        if self.optim.max_steps < 1:
+            problems.append("optim.max_steps must be >= 1")
+        lv = self.objective.lvpl
+        if lv.stage_weights is not None and len(lv.stage_weights) != len(lv.stages):
+            problems.append(f"objective.lvpl.stage_weights has {len(lv.stage_weights)} entries for "
+                            f"{len(lv.stages)} stages")
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _build(cls, d or {}, "")
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        """Read a .yaml/.yml (needs PyYAML) or .json config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Training config not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as e:
+                raise ImportError(f"{path.name} is YAML, which needs PyYAML: pip install pyyaml "
+                                  "(or pip install -r requirements-train.txt), or use a .json config") from e
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level of a training config must be a mapping")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def with_overrides(self, pairs: list[str]) -> "TrainConfig":
+        """Apply `section.key=value` strings (value parsed as JSON, else kept as a string)."""
+        d = self.to_dict()
+        for pair in pairs:
+            if "=" not in pair:
+                raise ValueError(f"Override {pair!r} must look like section.key=value")
+            key, raw = pair.split("=", 1)
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ValueError(f"Override {key!r}: {p!r} is not a config section")
+                node = node[p]
+            node[parts[-1]] = value
+        return TrainConfig.from_dict(d)
+
+
+def _build(cls, d: dict, where: str):
+    """Build dataclass `cls` from a dict, recursively, rejecting unknown keys with a clear message."""
+    if not isinstance(d, dict):
+        raise TypeError(f"config section {where or 'top level'!r} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {where or 'top level'!r}; "
+                         f"known keys: {names}")
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{where}.{name}".lstrip("."))
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

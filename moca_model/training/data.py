@@ -1,0 +1,218 @@
+"""Training cache shards, the dataset over them, and the resumable, rank-sharded sample order.
+
+Shard format (`moca-train-shard`, version 1): one .safetensors file holding N samples. Tensors, per sample i:
+    "{i}.latents"      [16, T, h, w]        Wan 2.1 VAE latents of the clip, MODEL space (normalize_latent)
+    "{i}.text"         [L, 4096]            umT5-XXL last hidden states of the caption, unpadded (L tokens)
+    "{i}.arcface"      [512] or [R, 512]    ArcFace embedding(s) of the reference face(s)
+    "{i}.face_latent"  [16, 1, hf, wf] or [R, 16, 1, hf, wf]   Wan VAE latent of the aligned face crop(s), model space
+    "{i}.face_mask"    [T, h, w]            optional, face mask in 0..1 at latent resolution
+Header (safetensors metadata, all strings): "format" = "moca-train-shard", "format_version" = "1",
+"num_samples", "samples" = JSON list of {"caption", "source", ...} per sample, plus any user metadata.
+`write_shard` writes atomically (temp file + os.replace); ComfyUI's data-prep node writes the same format.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SHARD_FORMAT = "moca-train-shard"
+SHARD_VERSION = 1
+REQUIRED = ("latents", "text", "arcface", "face_latent")
+OPTIONAL = ("face_mask",)
+
+
+class ShardError(ValueError):
+    """A shard that cannot be used; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------- write / read
+def _check_sample(i: int, s: dict, where: str):
+    missing = [k for k in REQUIRED if k not in s]
+    if missing:
+        raise ShardError(f"{where}: sample {i} lacks {missing} (needs {list(REQUIRED)}, optional {list(OPTIONAL)})")
+    lat = s["latents"]
+    if lat.ndim != 4 or lat.shape[0] != 16:
+        raise ShardError(f"{where}: sample {i} latents must be [16, T, h, w], got {list(lat.shape)}")
+    if s["text"].ndim != 2:
+        raise ShardError(f"{where}: sample {i} text must be [L, 4096], got {list(s['text'].shape)}")
+    if s["arcface"].ndim not in (1, 2) or s["arcface"].shape[-1] != 512:
+        raise ShardError(f"{where}: sample {i} arcface must be [512] or [R, 512], got {list(s['arcface'].shape)}")
+    if s["face_latent"].ndim not in (4, 5) or s["face_latent"].shape[-4] != 16:
+        raise ShardError(f"{where}: sample {i} face_latent must be [16, 1, hf, wf] or [R, 16, 1, hf, wf], "
+                         f"got {list(s['face_latent'].shape)}")
+    m = s.get("face_mask")
+    if m is not None and tuple(m.shape) != tuple(lat.shape[1:]):
+        raise ShardError(f"{where}: sample {i} face_mask {list(m.shape)} must match the latent grid "
+                         f"{list(lat.shape[1:])}")
+
+
+def write_shard(path, samples: list[dict], metadata: dict | None = None) -> Path:
+    """Write samples (dicts of the tensors above plus optional "caption" / "source" strings) atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tensors, info = {}, []
+    for i, s in enumerate(samples):
+        _check_sample(i, s, path.name)
+        for k in REQUIRED + OPTIONAL:
+            if s.get(k) is not None:
+                tensors[f"{i}.{k}"] = s[k].detach().to("cpu").contiguous()
+        info.append({"caption": str(s.get("caption", "")), "source": str(s.get("source", ""))})
+    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
+    meta.update({"format": SHARD_FORMAT, "format_version": str(SHARD_VERSION),
+                 "num_samples": str(len(samples)), "samples": json.dumps(info)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_shard_header(path) -> dict:
+    """Validate a shard's header and tensor table without reading tensor data; returns the metadata."""
+    from safetensors import safe_open
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+    except Exception as e:
+        raise ShardError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                         "re-run `train_moca.py cache` to rewrite it") from e
+    if meta.get("format") != SHARD_FORMAT:
+        raise ShardError(f"{path}: not a MoCA training shard (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > SHARD_VERSION:
+        raise ShardError(f"{path}: shard format version {meta['format_version']} is newer than this trainer "
+                         f"({SHARD_VERSION}); update the code")
+    n = int(meta.get("num_samples", -1))
+    for i in range(n):
+        missing = [k for k in REQUIRED if f"{i}.{k}" not in keys]
+        if missing:
+            raise ShardError(f"{path}: sample {i} lacks {missing}")
+    meta["_num_samples"] = n
+    return meta
+
+
+def read_shard(path) -> list[dict]:
+    """All samples of a shard: [{"latents", "text", "arcface", "face_latent", ["face_mask"], "caption", "source"}]."""
+    from safetensors.torch import load_file
+    meta = read_shard_header(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise ShardError(f"{path}: tensor data unreadable ({e})") from e
+    info = json.loads(meta.get("samples", "[]"))
+    out = []
+    for i in range(meta["_num_samples"]):
+        s = {k: tensors[f"{i}.{k}"] for k in REQUIRED + OPTIONAL if f"{i}.{k}" in tensors}
+        s.update(info[i] if i < len(info) else {})
+        _check_sample(i, s, str(path))
+        out.append(s)
+    return out
+
+
+def find_shards(patterns) -> list[Path]:
+    """Expand files, folders (their *.safetensors but empty_text.safetensors) and globs into a sorted,
+    de-duplicated list."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [patterns]
+    found = []
+    for p in patterns:
+        p = str(p)
+        if os.path.isdir(p):
+            found += sorted(f for f in Path(p).glob("*.safetensors") if f.name != "empty_text.safetensors")
+        elif any(c in p for c in "*?["):
+            found += [Path(x) for x in sorted(glob.glob(p))]
+        elif os.path.exists(p):
+            found.append(Path(p))
+        else:
+            raise FileNotFoundError(f"Training shards: {p} does not exist (data.shards in the config)")
+    seen, out = set(), []
+    for f in found:
+        if f.name.startswith(".") or f.resolve() in seen:
+            continue
+        seen.add(f.resolve())
+        out.append(f)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class ShardDataset:
+    """Random access over the samples of many shards. Corrupt or foreign shards are skipped with a warning
+    (listed in `.skipped`); a shard is read whole on first use and the last few are kept in memory."""
+
+    def __init__(self, shards, cache_shards: int = 4):
+        self.index: list[tuple[Path, int]] = []
+        self.skipped: list[tuple[str, str]] = []
+        for path in find_shards(shards):
+            try:
+                n = read_shard_header(path)["_num_samples"]
+            except ShardError as e:
+                warnings.warn(f"Skipping training shard: {e}", stacklevel=2)
+                self.skipped.append((str(path), str(e)))
+                continue
+            self.index += [(path, i) for i in range(n)]
+        if not self.index:
+            raise ShardError(f"No usable training samples in {shards} "
+                             f"({len(self.skipped)} shard(s) skipped); write shards with `train_moca.py cache`")
+        self._cache: dict[Path, list[dict]] = {}
+        self._order: list[Path] = []
+        self._cache_shards = cache_shards
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, idx: int) -> dict:
+        path, i = self.index[idx]
+        if path not in self._cache:
+            self._cache[path] = read_shard(path)
+            self._order.append(path)
+            while len(self._order) > self._cache_shards:
+                self._cache.pop(self._order.pop(0), None)
+        return self._cache[path][i]
+
+
+# ---------------------------------------------------------------------------------------------- order
+@dataclass
+class SampleOrder:
+    """The global stream of dataset indices: epoch e is a permutation seeded by (seed, e). A run's data
+    position is one integer (samples consumed), so resume is exact and needs no sampler state."""
+    num_samples: int
+    seed: int = 0
+    shuffle: bool = True
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def indices(self, start: int, count: int) -> list[int]:
+        """Dataset indices at stream positions [start, start + count)."""
+        out, cache = [], {}
+        for p in range(start, start + count):
+            e = p // self.num_samples
+            if e not in cache:
+                cache = {e: self._perm(e)}
+            out.append(int(cache[e][p % self.num_samples]))
+        return out
+
+
+def rank_slice(global_batch: list, rank: int, world: int) -> list:
+    """The contiguous part of a global batch that one process trains on."""
+    if len(global_batch) % world:
+        raise ValueError(f"global batch {len(global_batch)} is not divisible by world size {world}")
+    n = len(global_batch) // world
+    return global_batch[rank * n:(rank + 1) * n]
