@@ -12,12 +12,13 @@ from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoa
 from .nodes_moca import MoCAApply, MoCAExpertMixing, MoCAIdentityConditioning, MoCATemporalPooling  # noqa: E402
 from .nodes_sampler import MoCASampler  # noqa: E402
 from .nodes_text import MoCALoadTextEmbeds, MoCASaveTextEmbeds  # noqa: E402
+from .nodes_training import MoCASaveTrainingSample  # noqa: E402
 
 NODES = [
     MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader,
     MoCAEncodeFace, MoCASaveIdentity, MoCALoadIdentity,
     MoCATemporalPooling, MoCAExpertMixing, MoCAApply, MoCAIdentityConditioning,
-    MoCASampler, MoCASaveTextEmbeds, MoCALoadTextEmbeds, MoCAIdentityScore,
+    MoCASampler, MoCASaveTextEmbeds, MoCALoadTextEmbeds, MoCAIdentityScore, MoCASaveTrainingSample,
 ]
 
 

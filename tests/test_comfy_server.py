@@ -19,7 +19,7 @@ H.import_comfy()
 
 MOCA_NODES = ["MoCAAdapterLoader", "MoCADiTLoader", "MoCAFaceAnalyzerLoader", "MoCAEncodeFace", "MoCASaveIdentity",
               "MoCALoadIdentity", "MoCATemporalPooling", "MoCAExpertMixing", "MoCAApply", "MoCAIdentityConditioning",
-              "MoCASampler", "MoCASaveTextEmbeds", "MoCALoadTextEmbeds", "MoCAIdentityScore"]
+              "MoCASampler", "MoCASaveTextEmbeds", "MoCALoadTextEmbeds", "MoCAIdentityScore", "MoCASaveTrainingSample"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 SMOKE = H.REPO / "workflows" / "api" / "moca_smoke_cpu_api.json"
@@ -247,6 +247,11 @@ def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
                             "scheduler": "simple", "positive": ["8", 0], "negative": ["8", 0],
                             "latent_image": ["13", 0], "denoise": 1.0}),
         "15": ("SaveLatent", {"samples": ["14", 0], "filename_prefix": "moca_test/latent"}),
+        "16": ("RepeatImageBatch", {"image": ["1", 0], "amount": 5}),
+        "17": ("VAEEncode", {"pixels": ["16", 0], "vae": ["5", 0]}),
+        "18": ("MoCASaveTrainingSample", {"video_latent": ["17", 0], "caption_conditioning": ["8", 0],
+                                          "moca_id": ["6", 0], "caption": "a test clip",
+                                          "filename_prefix": "moca_test/sample"}),
     }
     prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in g.items()}
     entry = server.run_prompt(prompt, timeout=240)
@@ -260,3 +265,10 @@ def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
     assert list((out / "moca_text_embeds" / "moca_test").glob("roundtrip_*.safetensors"))
     assert list((out / "moca_test").glob("latent_*.latent"))
     print(f"\nidentity score: {summary}")
+    from moca_model.training.data import read_shard
+    shards = list((out / "moca_training" / "moca_test").glob("sample_*.safetensors"))
+    assert len(shards) == 1, shards
+    sample = read_shard(shards[0])[0]
+    assert sample["latents"].shape[:2] == (16, 2) and sample["caption"] == "a test clip"
+    assert sample["arcface"].shape[-1] == 512 and sample["face_latent"].shape[-4] == 16
+    print(f"training sample: {shards[0].name} latents {list(sample['latents'].shape)}")

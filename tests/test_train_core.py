@@ -221,3 +221,27 @@ def test_validation_likeness_score_with_a_tiny_face_pack(tmp_path):
     assert score is not None and score > 0.99
     with pytest.warns(UserWarning, match="likeness score skipped"):
         assert likeness_to_embedding(str(tmp_path), "antelopev2", torch.zeros(2, 64, 64, 3), ref) is None
+
+
+def test_sample_from_comfy_parts_round_trips_through_a_shard(tmp_path):
+    """What MoCA Save Training Sample writes: raw VAE latents go to model space, pixel masks to the latent grid."""
+    from moca_model.latents import normalize_latent
+    from moca_model.training.data import ShardError, read_shard, sample_from_parts, write_shard
+    raw = torch.randn(1, 16, 3, 4, 6) * 2
+    mask = torch.zeros(9, 32, 48)
+    mask[5:, :16, :24] = 1.0                                   # a face in the second half, top-left quarter
+    s = sample_from_parts(raw, torch.randn(1, 7, 4096), torch.randn(1, 512), torch.randn(1, 16, 1, 32, 32), mask,
+                          caption="hello")
+    torch.testing.assert_close(s["latents"], normalize_latent(raw)[0])
+    assert s["face_mask"].shape == (3, 4, 6)
+    assert s["face_mask"][0].sum() == 0 and s["face_mask"][2, :2, :3].min() == 1 and s["face_mask"][2, 2:].max() == 0
+    path = write_shard(tmp_path / "one.safetensors", [s], overwrite=False)
+    back = read_shard(path)[0]
+    assert back["caption"] == "hello" and torch.equal(back["face_mask"], s["face_mask"])
+    with pytest.raises(FileExistsError):
+        write_shard(path, [s], overwrite=False)
+    with pytest.raises(ShardError, match=r"face mask must be \[9, 32, 48\]"):
+        sample_from_parts(raw, torch.randn(1, 7, 4096), torch.randn(1, 512), torch.randn(1, 16, 1, 32, 32),
+                          mask[:5])
+    with pytest.raises(ShardError, match="one Wan 2.1 video latent"):
+        sample_from_parts(raw[0], torch.randn(1, 7, 4096), torch.randn(1, 512), torch.randn(1, 16, 1, 32, 32))

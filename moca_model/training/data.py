@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +52,10 @@ def _check_sample(i: int, s: dict, where: str):
                          f"{list(lat.shape[1:])}")
 
 
-def write_shard(path, samples: list[dict], metadata: dict | None = None) -> Path:
-    """Write samples (dicts of the tensors above plus optional "caption" / "source" strings) atomically."""
-    from safetensors.torch import save_file
+def write_shard(path, samples: list[dict], metadata: dict | None = None, overwrite: bool = True) -> Path:
+    """Write samples (dicts of the tensors above plus optional "caption" / "source" strings) atomically.
+    overwrite=True lets the cache command redo its own chunk; writers of user files pass False."""
+    from ..checkpoint import atomic_save_safetensors
     path = Path(path)
     tensors, info = {}, []
     for i, s in enumerate(samples):
@@ -64,20 +64,34 @@ def write_shard(path, samples: list[dict], metadata: dict | None = None) -> Path
             if s.get(k) is not None:
                 tensors[f"{i}.{k}"] = s[k].detach().to("cpu").contiguous()
         info.append({"caption": str(s.get("caption", "")), "source": str(s.get("source", ""))})
-    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
+    meta = dict(metadata or {})
     meta.update({"format": SHARD_FORMAT, "format_version": str(SHARD_VERSION),
                  "num_samples": str(len(samples)), "samples": json.dumps(info)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save_safetensors(tensors, path, meta, overwrite=overwrite)
+
+
+def sample_from_parts(video_latent, text, arcface, face_latent, face_mask=None, caption: str = "",
+                      source: str = "") -> dict:
+    """One training sample from what a ComfyUI graph has: the clip's RAW Wan VAE latent [1, 16, T, h, w]
+    (VAE Encode's output; put into model space here), umT5 states [1, L, 4096], ArcFace [R, 512], face-crop
+    latents [R, 16, 1, hf, wf] (model space), and an optional pixel face mask [F, H, W] (F = 4T - 3)."""
+    from ..latents import normalize_latent
+    if video_latent.ndim != 5 or video_latent.shape[:2] != (1, 16):
+        raise ShardError(f"video latent must be one Wan 2.1 video latent [1, 16, T, h, w], got {list(video_latent.shape)}")
+    if text.ndim != 3 or text.shape[0] != 1:
+        raise ShardError(f"text must be one umT5 conditioning [1, L, 4096], got {list(text.shape)}")
+    latents = normalize_latent(video_latent.float())[0]
+    sample = {"latents": latents, "text": text[0].float(), "arcface": arcface.float(),
+              "face_latent": face_latent.float(), "caption": caption, "source": source}
+    if face_mask is not None:
+        from .cache import mask_to_latent_grid
+        T, h, w = latents.shape[1:]
+        if face_mask.ndim != 3 or face_mask.shape[0] != 4 * T - 3 or tuple(face_mask.shape[1:]) != (8 * h, 8 * w):
+            raise ShardError(f"face mask must be [{4 * T - 3}, {8 * h}, {8 * w}] (one mask per video frame at the "
+                             f"video's size), got {list(face_mask.shape)}")
+        sample["face_mask"] = mask_to_latent_grid(face_mask.float())
+    _check_sample(0, sample, "sample")
+    return sample
 
 
 def read_shard_header(path) -> dict:
