@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .adapter import MoCAAdapter
+from .atomic import atomic_target
 from .config import MoCAConfig
 
 FORMAT = "moca"
@@ -40,22 +40,11 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
     """Write tensors to `path` via a temp file + rename. Refuses to replace an existing file unless
     overwrite=True."""
     from safetensors.torch import save_file
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, overwrite) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def save_moca(path, model_or_adapter, metadata: dict | None = None, overwrite: bool = False,

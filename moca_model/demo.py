@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_target
 from .config import MoCAConfig
 from .dit import MoCADiT
 from .latents import latent_to_rgb
@@ -179,8 +180,7 @@ def main(argv=None):
         "notes": notes, "total_seconds": round(time.perf_counter() - t_start, 3), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "latent_mean_abs_diff_identity_vs_none": round(diff, 4),
     }
-    tmp = targets[2].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(targets[2])
+    with atomic_target(targets[2], overwrite=args.overwrite) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2))
     print(f"  report: {targets[2]}  (total {report['total_seconds']:.1f} s)")
     return report

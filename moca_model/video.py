@@ -1,12 +1,12 @@
 """Video files: write frames to an mp4 (H.264 through PyAV) atomically, read frames back."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_target
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -26,14 +26,8 @@ def write_video(path, frames, fps: float = 16.0, overwrite: bool = False, crf: i
     """Encode frames to an H.264 mp4 at `path` (temp file + rename; refuses to overwrite unless asked)."""
     import av
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
     frames = to_uint8(frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, overwrite, suffix=".mp4") as tmp:
         with av.open(tmp, "w", format="mp4") as container:
             stream = container.add_stream("h264", rate=int(round(fps)))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -44,12 +38,7 @@ def write_video(path, frames, fps: float = 16.0, overwrite: bool = False, crf: i
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def read_video(path, max_frames: int | None = None) -> tuple[np.ndarray, float]:

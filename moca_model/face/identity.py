@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_target
 from .errors import FaceIdentityFileError, FaceIdentityNotFoundError
 from .quality import FaceQuality
 
@@ -129,12 +129,6 @@ class FaceIdentity:
         from safetensors.torch import save
 
         path = Path(os.path.expanduser(str(path)))
-        if path.exists() and not overwrite:
-            raise FileExistsError(
-                f"{path} already exists; pass overwrite=True to replace it or choose another name."
-            )
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'identity.safetensors'}.")
         tensors = {
             "embeddings": self.embeddings.detach().float().cpu().contiguous(),
             "embedding": self.embedding.detach().float().cpu().contiguous(),
@@ -151,22 +145,8 @@ class FaceIdentity:
             "metadata": json.dumps(self.metadata, default=str),
         }
         data = save(tensors, metadata=meta)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if path.exists() and not overwrite:  # appeared meanwhile: still never overwrite silently
-                raise FileExistsError(f"{path} appeared while saving; pass overwrite=True to replace it.")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_target(path, overwrite) as tmp:
+            Path(tmp).write_bytes(data)
         return path
 
     @classmethod

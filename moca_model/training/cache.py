@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_target
 from ..latents import normalize_latent
 from ..video import read_video
 from .data import ShardError, read_shard_header, write_shard
@@ -280,11 +279,8 @@ class Cacher:
 
     @staticmethod
     def _write_skipped(path: Path, skipped: dict):
-        fd, tmp = tempfile.mkstemp(prefix=".skipped.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for n in sorted(skipped):
-                f.write(json.dumps(skipped[n]) + "\n")
-        os.replace(tmp, path)
+        with atomic_target(path, overwrite=True) as tmp:
+            Path(tmp).write_text("".join(json.dumps(skipped[n]) + "\n" for n in sorted(skipped)), encoding="utf-8")
 
 
 def main(argv) -> int:
