@@ -8,6 +8,20 @@ from .layer import MoCALayer
 from .tokenizer import IdentityTokenizer
 
 
+def init_generic(modules):
+    """Xavier-uniform weights and zero biases for linear and conv layers, unit norms (shared by the random
+    backbone and a fresh adapter)."""
+    for m in modules:
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            nn.init.xavier_uniform_(m.weight.flatten(1))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
 class MoCAAdapter(nn.Module):
     def __init__(self, config: MoCAConfig, operations=None, device=None, dtype=None):
         super().__init__()
@@ -18,18 +32,7 @@ class MoCAAdapter(nn.Module):
 
     def init_weights(self):
         """Fresh adapter: generic init, then zero output projections and routers (MoCA == backbone)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight.flatten(1))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        init_generic(self.modules())
         self.tokenizer.init_weights()
         for layer in self.layers:
             layer.init_weights()

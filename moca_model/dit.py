@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapter import MoCAAdapter
+from .adapter import MoCAAdapter, init_generic
 from .config import MoCAConfig
 from .options import MoCAOptions
 from .wan import (Head, WanAttentionBlock, pad_to_patch_size, rope_frequencies, sinusoidal_embedding_1d,
@@ -43,19 +43,7 @@ class MoCADiT(nn.Module):
     def init_weights(self):
         """Random backbone (Wan's scheme, but with a non-zero head so a random model is not constant)
         and a fresh, zero-output adapter."""
-        for name, m in self.named_modules():
-            if name.startswith("adapter"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv3d):
-                nn.init.xavier_uniform_(m.weight.flatten(1))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        init_generic(m for name, m in self.named_modules() if not name.startswith("adapter"))
         for blk in self.blocks:
             nn.init.normal_(blk.modulation, std=self.config.dim ** -0.5)
         nn.init.normal_(self.head.modulation, std=self.config.dim ** -0.5)
