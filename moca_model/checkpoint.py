@@ -97,20 +97,27 @@ def read_safetensors(path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
+def check_header(meta: dict, name: str, fmt: str, max_version: int, what: str, written_by: str,
+                 error=CheckpointError) -> int:
+    """Check a safetensors header's format name and version (every MoCA file kind has both); returns the
+    version. `what` names the kind ("MoCA identity file"), `written_by` says where such files come from."""
+    if meta.get("format") != fmt:
+        raise error(f"{name} is not a {what} (no 'format: {fmt}' in its safetensors header); {written_by}")
+    version = int(meta.get("format_version", "0"))
+    if version > max_version:
+        raise error(f"{name} uses {what} format version {version}; this code reads up to {max_version}. "
+                    "Update the node pack.")
+    return version
+
+
 def read_moca(path) -> MoCAFile:
     """Read and validate a MoCA adapter or combined file without building any module."""
     tensors, meta = read_safetensors(path)
     name = Path(path).name
-    if meta.get("format") != FORMAT or "config" not in meta:
-        if any(k.startswith(("blocks.", "model.diffusion_model.")) for k in tensors):
-            raise CheckpointError(f"{name} is a plain Wan checkpoint, not a MoCA adapter: load it with "
-                                  "ComfyUI's Load Diffusion Model (or MoCADiT.load_backbone) instead")
-        raise CheckpointError(f"{name} is not a MoCA file (no 'format: moca' in its safetensors header); "
-                              "adapters are written by save_moca / train_moca.py")
-    version = int(meta.get("format_version", "0"))
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{name} uses MoCA format version {version}; this code reads up to "
-                              f"{FORMAT_VERSION}. Update the node pack.")
+    if meta.get("format") != FORMAT and any(k.startswith(("blocks.", "model.diffusion_model.")) for k in tensors):
+        raise CheckpointError(f"{name} is a plain Wan checkpoint, not a MoCA adapter: load it with "
+                              "ComfyUI's Load Diffusion Model (or MoCADiT.load_backbone) instead")
+    check_header(meta, name, FORMAT, FORMAT_VERSION, "MoCA file", "adapters are written by save_moca / train_moca.py")
     try:
         config = MoCAConfig.from_json(meta["config"])
     except Exception as e:

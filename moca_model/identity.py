@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_save_safetensors, read_safetensors
+from .checkpoint import CheckpointError, atomic_save_safetensors, check_header, read_safetensors
 
 IDENTITY_FORMAT = "moca-identity"
 IDENTITY_FORMAT_VERSION = 1
@@ -95,13 +95,8 @@ class MoCAIdentity:
     def load(cls, path) -> "MoCAIdentity":
         tensors, meta = read_safetensors(path)
         name = Path(path).name
-        if meta.get("format") != IDENTITY_FORMAT:
-            raise CheckpointError(f"{name} is not a MoCA identity file (no 'format: {IDENTITY_FORMAT}' in its "
-                                  "header); identity files are written by MoCA Save Identity")
-        version = int(meta.get("format_version", "0"))
-        if version > IDENTITY_FORMAT_VERSION:
-            raise CheckpointError(f"{name} uses identity format version {version}; this code reads up to "
-                                  f"{IDENTITY_FORMAT_VERSION}. Update the node pack.")
+        check_header(meta, name, IDENTITY_FORMAT, IDENTITY_FORMAT_VERSION, "MoCA identity file",
+                     "identity files are written by MoCA Save Identity")
         crops = tensors.get("crops")
         try:
             info = json.loads(meta.get("info", "{}"))

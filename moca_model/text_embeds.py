@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_save_safetensors, read_safetensors
+from .checkpoint import CheckpointError, atomic_save_safetensors, check_header, read_safetensors
 
 TEXT_FORMAT = "moca-text-embeds"
 TEXT_FORMAT_VERSION = 1
@@ -47,11 +47,8 @@ def load_text_embeds(path) -> tuple[list, dict]:
     """Returns (conditioning list of [tensor, dict], user metadata)."""
     tensors, meta = read_safetensors(path)
     name = Path(path).name
-    if meta.get("format") != TEXT_FORMAT:
-        raise CheckpointError(f"{name} is not a MoCA text-embeds file (no 'format: {TEXT_FORMAT}' in its "
-                              "header); these files are written by MoCA Save Text Embeds")
-    if int(meta.get("format_version", "0")) > TEXT_FORMAT_VERSION:
-        raise CheckpointError(f"{name} is from a newer version of the pack; update it")
+    check_header(meta, name, TEXT_FORMAT, TEXT_FORMAT_VERSION, "MoCA text-embeds file",
+                 "these files are written by MoCA Save Text Embeds")
     n = int(meta.get("entries", "0"))
     extras = json.loads(meta.get("extras", "[]"))
     out = []

@@ -105,11 +105,9 @@ def read_shard_header(path) -> dict:
     except Exception as e:
         raise ShardError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
                          "re-run `train_moca.py cache` to rewrite it") from e
-    if meta.get("format") != SHARD_FORMAT:
-        raise ShardError(f"{path}: not a MoCA training shard (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > SHARD_VERSION:
-        raise ShardError(f"{path}: shard format version {meta['format_version']} is newer than this trainer "
-                         f"({SHARD_VERSION}); update the code")
+    from ..checkpoint import check_header
+    check_header(meta, str(path), SHARD_FORMAT, SHARD_VERSION, "MoCA training shard",
+                 "shards are written by `train_moca.py cache` or MoCA Save Training Sample", error=ShardError)
     n = int(meta.get("num_samples", -1))
     for i in range(n):
         missing = [k for k in REQUIRED if f"{i}.{k}" not in keys]
