@@ -110,30 +110,30 @@ class MoCADiT(nn.Module):
             raise ValueError(f"MoCADiT: context must be [B, L, {c.text_dim}] text states, got {list(context.shape)}")
         B, _, T, H, W = x.shape
         timestep = timestep.reshape(-1).expand(B) if timestep.numel() == 1 else timestep
-        dtype = self.text_embedding[0].weight.dtype if self.text_embedding[0].weight.dtype.is_floating_point else x.dtype
+        dtype = self.text_embedding[0].weight.dtype                              # the model's compute dtype
         xp = pad_to_patch_size(x, c.patch_size)
         tokens = self.patch_embedding(xp.float()).to(dtype)                     # [B, D, T', h, w]
         grid = tuple(tokens.shape[2:])
         h = tokens.flatten(2).transpose(1, 2)                                   # [B, L, D]
-        freqs = rope_frequencies(c.head_dim, grid, device=x.device)
+        freqs = rope_frequencies(c.head_dim, grid, device=x.device)      # cached per grid
         e, e0 = self.embed_time(timestep, dtype)
         ctx = self.text_embedding(context.to(dtype))
 
         opts = MoCAOptions.coerce(moca_options).resolve(c)
         use_moca = identity is not None and opts.active
+        gate = None                                                             # per-sample identity on/off [B, 1, 1]
         if use_moca:
             identity = identity.to(device=x.device, dtype=dtype)
-            gate = None
             if identity_mask is not None:
                 gate = identity_mask.to(device=x.device, dtype=dtype).reshape(B, 1, 1)
 
         for i, block in enumerate(self.blocks):
             layer = self.adapter.layers[i] if use_moca else None
+            args = (block, layer, h, e0, freqs, ctx, identity, grid, opts, gate)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(self._block, block, layer, h, e0, freqs, ctx, identity, grid, opts, gate if use_moca else None,
-                               use_reentrant=False)
+                h = checkpoint(self._block, *args, use_reentrant=False)
             else:
-                h = self._block(block, layer, h, e0, freqs, ctx, identity, grid, opts, gate if use_moca else None)
+                h = self._block(*args)
 
         out = self.head(h, e)
         return unpatchify(out, grid, c.patch_size, c.out_dim)[:, :, :T, :H, :W].to(x.dtype)

@@ -72,7 +72,8 @@ def _plan_cpu(T: int, scales: tuple, experts: tuple):
 
 @lru_cache(maxsize=64)
 def _plan(T: int, scales: tuple, experts: tuple, device: torch.device) -> WindowPlan:
-    tensors = (t.to(device) for t in _plan_cpu(T, scales, experts))   # cached per device: no copies per step
+    with torch.inference_mode(False):   # cached: must stay usable outside inference mode (training)
+        tensors = [t.to(device) for t in _plan_cpu(T, scales, experts)]   # cached per device: no copies per step
     return WindowPlan(T, experts, *tensors)
 
 

@@ -7,6 +7,7 @@ Wan 2.1 checkpoint (original or ComfyUI repackaged) loads strictly. Layer classe
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -23,21 +24,24 @@ def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
 
 
+@lru_cache(maxsize=16)
 def rope_frequencies(head_dim: int, grid: tuple[int, int, int], device=None, theta: float = 10000.0):
     """3-axis RoPE angles for a (T, h, w) token grid, as Wan splits them: the head dim is shared
-    [d - 4(d//6), 2(d//6), 2(d//6)] between time, height and width. Returns (cos, sin), each [L, d/2]."""
-    d = head_dim
-    axes = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
-    angles = []
-    for axis, (size, axis_dim) in enumerate(zip(grid, axes)):
-        omega = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device) / axis_dim)
-        pos = torch.arange(size, dtype=torch.float64, device=device)
-        ang = torch.outer(pos, omega)                                    # [size, axis_dim/2]
-        shape = [1, 1, 1, ang.shape[-1]]
-        shape[axis] = size
-        angles.append(ang.view(shape).expand(*grid, ang.shape[-1]))
-    ang = torch.cat(angles, dim=-1).reshape(-1, d // 2)                  # [L, d/2]
-    return torch.cos(ang).float(), torch.sin(ang).float()
+    [d - 4(d//6), 2(d//6), 2(d//6)] between time, height and width. Returns (cos, sin), each [L, d/2].
+    Cached per grid and device: every sampling step and training step at one size reuses them."""
+    with torch.inference_mode(False):   # cached: must stay usable outside inference mode (training)
+        d = head_dim
+        axes = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+        angles = []
+        for axis, (size, axis_dim) in enumerate(zip(grid, axes)):
+            omega = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device) / axis_dim)
+            pos = torch.arange(size, dtype=torch.float64, device=device)
+            ang = torch.outer(pos, omega)                                    # [size, axis_dim/2]
+            shape = [1, 1, 1, ang.shape[-1]]
+            shape[axis] = size
+            angles.append(ang.view(shape).expand(*grid, ang.shape[-1]))
+        ang = torch.cat(angles, dim=-1).reshape(-1, d // 2)                  # [L, d/2]
+        return torch.cos(ang).float(), torch.sin(ang).float()
 
 
 def apply_rope(x: torch.Tensor, freqs) -> torch.Tensor:
