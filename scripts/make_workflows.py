@@ -175,12 +175,25 @@ input/: your reference face photo (select it in Load Image).
 """
 
 
-def basic() -> Graph:
-    g = Graph("moca_t2v_face_basic")
-    note(g, MODEL_NOTE)
+def wan_loaders(g: Graph):
+    """The core Wan 2.1 loaders (diffusion model, umT5, VAE) in column 0, with their download entries."""
     unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
     clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
     vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
+    return unet, clip, vae
+
+
+def prompts(g: Graph, clip, col: int, row: int):
+    """Positive and negative CLIPTextEncode nodes, one above the other."""
+    pos = g.add("CLIPTextEncode", [POSITIVE], pos=(col, row), inputs={"clip": (clip, 0)}, title="Positive prompt")
+    neg = g.add("CLIPTextEncode", [NEGATIVE], pos=(col, row + 1), inputs={"clip": (clip, 0)}, title="Negative prompt")
+    return pos, neg
+
+
+def basic() -> Graph:
+    g = Graph("moca_t2v_face_basic")
+    note(g, MODEL_NOTE)
+    unet, clip, vae = wan_loaders(g)
     img = g.add("LoadImage", ["face.png", "image"], pos=(1, 0), title="Reference face")
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
@@ -188,8 +201,7 @@ def basic() -> Graph:
     g.add("PreviewImage", [], pos=(1, 3), inputs={"images": (enc, 1)}, title="Aligned face (check it)")
     ada = g.add("MoCAAdapterLoader", [ADAPTER], pos=(2, 0))
     app = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)})
-    pos = g.add("CLIPTextEncode", [POSITIVE], pos=(2, 2), inputs={"clip": (clip, 0)}, title="Positive prompt")
-    neg = g.add("CLIPTextEncode", [NEGATIVE], pos=(2, 3), inputs={"clip": (clip, 0)}, title="Negative prompt")
+    pos, neg = prompts(g, clip, col=2, row=2)
     smp = g.add("MoCASampler", [832, 480, 33, 30, 5.0, 2.0, 8.0, 42, "randomize", "uni_pc", "simple", 1], pos=(3, 1),
                 inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)}, size=[340, 380])
     dec = g.add("VAEDecode", [], pos=(4, 1), inputs={"samples": (smp, 0), "vae": (vae, 0)})
@@ -203,9 +215,7 @@ def dual_guidance() -> Graph:
     note(g, MODEL_NOTE + "\nDual guidance: DualCFGGuider's cond1 = prompt WITH identity, cond2 = the same prompt "
             "WITHOUT identity, negative = negative prompt. cfg_conds scales identity, cfg_cond2_negative scales "
             "text. MoCA Apply uses apply_to = 'marked conditioning only'.")
-    unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
-    clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
-    vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
+    unet, clip, vae = wan_loaders(g)
     img = g.add("LoadImage", ["face.png", "image"], pos=(1, 0), title="Reference face")
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
@@ -217,8 +227,7 @@ def dual_guidance() -> Graph:
                 inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0),
                         "moca_pooling": (pool, 0), "moca_mixing": (mix, 0)})
     shf = g.add("ModelSamplingSD3", [8.0], pos=(2, 3), inputs={"model": (app, 0)})
-    pos = g.add("CLIPTextEncode", [POSITIVE], pos=(3, 0), inputs={"clip": (clip, 0)}, title="Positive prompt")
-    neg = g.add("CLIPTextEncode", [NEGATIVE], pos=(3, 1), inputs={"clip": (clip, 0)}, title="Negative prompt")
+    pos, neg = prompts(g, clip, col=3, row=0)
     c1 = g.add("MoCAIdentityConditioning", ["with identity"], pos=(3, 2), inputs={"conditioning": (pos, 0)},
                title="cond1: text + identity")
     c2 = g.add("MoCAIdentityConditioning", ["without identity"], pos=(3, 3), inputs={"conditioning": (pos, 0)},
@@ -265,16 +274,13 @@ def likeness_qa() -> Graph:
     note(g, MODEL_NOTE + "\nIdentity from a saved file (MoCA Load Identity: output/moca_identities or "
             "models/moca_identities). This graph uses the core KSampler: with apply_to 'all' the identity acts on "
             "positive and negative alike. MoCA Identity Score plots the ArcFace likeness of every frame.")
-    unet = g.add("UNETLoader", [WAN_T2V, "default"], pos=(0, 1), models=[MODELS[WAN_T2V]])
-    clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 2), models=[MODELS[UMT5]])
-    vae = g.add("VAELoader", [WAN_VAE], pos=(0, 3), models=[MODELS[WAN_VAE]])
+    unet, clip, vae = wan_loaders(g)
     ident = g.add("MoCALoadIdentity", ["identity_00001_.safetensors"], pos=(1, 0))
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
     ada = g.add("MoCAAdapterLoader", [ADAPTER], pos=(1, 2))
     app = g.add("MoCAApply", ["all"], pos=(2, 0), inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (ident, 0)})
     shf = g.add("ModelSamplingSD3", [8.0], pos=(2, 1), inputs={"model": (app, 0)})
-    pos = g.add("CLIPTextEncode", [POSITIVE], pos=(2, 2), inputs={"clip": (clip, 0)}, title="Positive prompt")
-    neg = g.add("CLIPTextEncode", [NEGATIVE], pos=(2, 3), inputs={"clip": (clip, 0)}, title="Negative prompt")
+    pos, neg = prompts(g, clip, col=2, row=2)
     lat = g.add("EmptyHunyuanLatentVideo", [832, 480, 33, 1], pos=(3, 0))
     ks = g.add("KSampler", [42, "randomize", 30, 6.0, "uni_pc", "simple", 1.0], pos=(3, 1),
                inputs={"model": (shf, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (lat, 0)})
