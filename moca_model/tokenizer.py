@@ -73,6 +73,9 @@ class IdentityTokenizer(nn.Module):
                                            for _ in range(c.resampler_depth))
             self.local_norm = operations.LayerNorm(d, **kw)
         self.type_embed = nn.Parameter(torch.empty(2, d, **kw))   # 0 = global, 1 = local
+        # `queries` and `type_embed` are bare parameters of a non-leaf module: a host that offloads per leaf
+        # module (ComfyUI's partial load) leaves them where they are, so forward casts them to the input's
+        # device and dtype, as ComfyUI's own Wan blocks do with their `modulation`.
 
     def init_weights(self):
         nn.init.normal_(self.type_embed, std=0.02)
@@ -104,7 +107,7 @@ class IdentityTokenizer(nn.Module):
             B, R = arcface.shape[:2]
             emb = F.normalize(arcface.float(), dim=-1).to(dtype).flatten(0, 1)            # [B*R, 512]
             g = self.global_mlp(emb).view(B * R, self.num_global, -1)
-            parts.append(self.global_norm(g) + self.type_embed[0].to(g.dtype))
+            parts.append(self.global_norm(g) + self.type_embed[0].to(device=g.device, dtype=g.dtype))
         if face_latent is not None and self.num_local:
             if face_latent.ndim == 5:
                 face_latent = face_latent[:, None]
@@ -119,10 +122,10 @@ class IdentityTokenizer(nn.Module):
             lat = F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2), mode="replicate")
             p = self.patch(lat)                                                            # [B*R, d, h/2, w/2]
             tokens = p.flatten(2).transpose(1, 2) + sincos_2d(*p.shape[-2:], p.shape[1], p.device).to(p.dtype)
-            q = self.queries.to(p.dtype)[None].expand(B * R, -1, -1)
+            q = self.queries.to(device=p.device, dtype=p.dtype)[None].expand(B * R, -1, -1)
             for blk in self.resampler:
                 q = blk(tokens, q)
-            parts.append(self.local_norm(q) + self.type_embed[1].to(q.dtype))
+            parts.append(self.local_norm(q) + self.type_embed[1].to(device=q.device, dtype=q.dtype))
         if not parts:
             raise ValueError("IdentityTokenizer: this adapter has no tokens for the inputs given "
                              f"(global tokens: {self.num_global}, local tokens: {self.num_local})")
