@@ -106,7 +106,11 @@ def tiny_moca(seed: int = 0):
 
 
 def write_wan_vae(path: Path):
-    """A random Wan 2.1 VAE (ComfyUI's own class, fp16) so VAELoader / VAE.encode / decode really run."""
+    """A random Wan 2.1 VAE (ComfyUI's own class, fp16) so VAELoader / VAE.encode / decode really run.
+
+    ComfyUI builds its VAE with `disable_weight_init` ops (the weights come from a file), so a fresh WanVAE
+    holds uninitialised memory (inf / NaN): every conv gets PyTorch's standard initialisation here, giving
+    finite latents and decoded frames that vary with the latent."""
     import torch
     from safetensors.torch import save_file
 
@@ -114,7 +118,15 @@ def write_wan_vae(path: Path):
     torch.manual_seed(0)
     vae = wan_vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                          temperal_downsample=[False, True, True], dropout=0.0)
-    save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
+    for m in vae.modules():
+        for base in (torch.nn.Conv3d, torch.nn.Conv2d, torch.nn.Linear):
+            if isinstance(m, base):
+                base.reset_parameters(m)
+                break
+    state = {k: v.half().contiguous() for k, v in vae.state_dict().items()}
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    assert not bad, f"test VAE has non-finite weights: {bad[:5]}"
+    save_file(state, str(path))
 
 
 def write_png(path: Path, array):

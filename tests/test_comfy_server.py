@@ -5,10 +5,12 @@ models built here. Skipped, with the reason shown, when COMFYUI_PATH is not set.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 
 import pytest
+import torch
 
 import comfy_harness as H
 
@@ -167,24 +169,72 @@ def test_smoke_workflow_validates_against_object_info(object_info):
                 _check_value(f"{nid}.{name}", inputs[name], value)
 
 
-def test_smoke_workflow_runs_end_to_end_on_cpu(server):
-    prompt = json.loads(SMOKE.read_text())
+def _node_id(prompt: dict, class_type: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+def _run_ok(server, prompt: dict) -> dict:
     entry = server.run_prompt(prompt, timeout=240)
     err = H.execution_error(entry)
     assert entry["status"]["status_str"] == "success", json.dumps(err, indent=1)[:4000] if err else server.tail()
+    return entry
+
+
+def _latent_of(server, prompt: dict, source: str, prefix: str):
+    """Run `prompt` with a SaveLatent on node `source`'s LATENT output; returns that latent (float32)."""
+    from safetensors.torch import load_file
+    prompt = {**copy.deepcopy(prompt),
+              "900": {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": prefix}}}
+    _run_ok(server, prompt)
+    files = sorted((server.root / "output").glob(prefix + "_*.latent"))
+    assert len(files) == 1, files
+    return load_file(str(files[0]))["latent_tensor"].float()
+
+
+def _video_frames(path):
+    import av
+    import numpy as np
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_smoke_workflow_runs_end_to_end_on_cpu(server):
+    """The shipped smoke graph: a real video comes out (frames not blank, not black, not all alike), and the
+    identity it saved holds finite ArcFace embeddings and face latents."""
+    prompt = json.loads(SMOKE.read_text())
+    entry = _run_ok(server, prompt)
     outputs = entry["outputs"]
     saved = [o for out in outputs.values() for key in ("images", "videos", "animated") for o in out.get(key, [])]
     video = next((o for o in saved if o["filename"].endswith(".mp4")), None)
     assert video, outputs
     path = server.root / "output" / video["subfolder"] / video["filename"]
-    assert path.stat().st_size > 0
-    import av
-    with av.open(str(path)) as container:
-        frames = sum(1 for _ in container.decode(video=0))
-    assert frames == 5
+    frames = _video_frames(path)
+    assert frames.shape == (5, 64, 64, 3), frames.shape
+    per_frame_std = frames.reshape(5, -1).std(axis=1)
+    assert (per_frame_std > 2.0).all(), f"blank frames: per-frame std {per_frame_std}"
+    assert frames.mean() > 5.0, f"black video: mean {frames.mean():.2f}"
     identities = list((server.root / "output" / "moca_identities" / "moca_smoke").glob("identity_*.safetensors"))
     assert identities, "MoCA Save Identity wrote nothing"
-    print(f"\nsmoke workflow: {path.name} ({frames} frames, {path.stat().st_size} bytes), identity {identities[0].name}")
+    from moca_model.identity import load_identity
+    ident = load_identity(identities[0])
+    assert torch.isfinite(ident.arcface).all() and torch.isfinite(ident.face_latent).all()
+    assert ident.face_latent.std() > 1e-3, "the face latent is constant"
+    print(f"\nsmoke workflow: {path.name} ({len(frames)} frames, mean {frames.mean():.1f}, per-frame std "
+          f"{per_frame_std.min():.1f}..{per_frame_std.max():.1f}), identity {identities[0].name}")
+
+
+def test_smoke_workflow_identity_changes_the_video(server):
+    prompt = json.loads(SMOKE.read_text())
+    sampler = _node_id(prompt, "MoCASampler")
+    with_id = _latent_of(server, prompt, sampler, "moca_test/smoke_identity")
+    off = copy.deepcopy(prompt)
+    off[_node_id(off, "MoCAExpertMixing")]["inputs"]["identity_strength"] = 0.0
+    without = _latent_of(server, off, sampler, "moca_test/smoke_strength0")
+    assert torch.isfinite(with_id).all() and torch.isfinite(without).all()
+    assert with_id.std() > 0.1 and without.std() > 0.1
+    change = ((with_id - without).abs().max() / without.abs().max()).item()
+    print(f"\nidentity strength 1 vs 0: the video latent changes by {change:.3f} (relative max)")
+    assert change > 1e-2
 
 
 def test_photo_without_a_face_is_an_execution_error_naming_the_image(server):
@@ -246,14 +296,16 @@ def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
                             "scheduler": "simple", "positive": ["8", 0], "negative": ["8", 0],
                             "latent_image": ["13", 0], "denoise": 1.0}),
         "15": ("SaveLatent", {"samples": ["14", 0], "filename_prefix": "moca_test/latent"}),
-        "16": ("RepeatImageBatch", {"image": ["1", 0], "amount": 5}),
+        "16": ("RepeatImageBatch", {"image": ["19", 0], "amount": 5}),
+        "19": ("ImageScale", {"image": ["1", 0], "upscale_method": "bilinear", "width": 64, "height": 64,
+                              "crop": "disabled"}),
         "17": ("VAEEncode", {"pixels": ["16", 0], "vae": ["5", 0]}),
         "18": ("MoCASaveTrainingSample", {"video_latent": ["17", 0], "caption_conditioning": ["8", 0],
                                           "moca_id": ["6", 0], "caption": "a test clip",
                                           "filename_prefix": "moca_test/sample"}),
     }
     prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in g.items()}
-    entry = server.run_prompt(prompt, timeout=240)
+    entry = server.run_prompt(prompt, timeout=480)
     err = H.execution_error(entry)
     assert entry["status"]["status_str"] == "success", json.dumps(err, indent=1)[:4000] if err else server.tail()
     summary, per_frame = entry["outputs"]["7"]["text"]
@@ -262,7 +314,11 @@ def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
     assert "no face in 1 frame(s): 1" in summary and entry["outputs"]["7"]["images"]
     out = server.root / "output"
     assert list((out / "moca_text_embeds" / "moca_test").glob("roundtrip_*.safetensors"))
-    assert list((out / "moca_test").glob("latent_*.latent"))
+    latents = list((out / "moca_test").glob("latent_*.latent"))
+    assert len(latents) == 1
+    from safetensors.torch import load_file
+    ks = load_file(str(latents[0]))["latent_tensor"].float()
+    assert torch.isfinite(ks).all() and ks.std() > 0.1, "KSampler + MoCA Apply gave a blank latent"
     print(f"\nidentity score: {summary}")
     from moca_model.training.data import read_shard
     shards = list((out / "moca_training" / "moca_test").glob("sample_*.safetensors"))
@@ -270,4 +326,6 @@ def test_loaders_ksampler_identity_score_and_text_embeds_run_headless(server):
     sample = read_shard(shards[0])[0]
     assert sample["latents"].shape[:2] == (16, 2) and sample["caption"] == "a test clip"
     assert sample["arcface"].shape[-1] == 512 and sample["face_latent"].shape[-4] == 16
+    for key in ("latents", "text", "arcface", "face_latent"):
+        assert torch.isfinite(sample[key]).all() and sample[key].float().std() > 1e-3, f"shard {key} is blank"
     print(f"training sample: {shards[0].name} latents {list(sample['latents'].shape)}")
