@@ -46,6 +46,11 @@ class MoCAIdentity:
                 raise ValueError("MoCAIdentity: face_latent must be [R, 16, 1, h, w], "
                                  f"got {list(self.face_latent.shape)}")
             self.face_latent = self.face_latent.detach().float().cpu()
+        for name in ("arcface", "face_latent"):
+            t = getattr(self, name)
+            if t is not None and not torch.isfinite(t).all():
+                raise ValueError(f"MoCAIdentity: {name} holds NaN or infinity "
+                                 f"({int((~torch.isfinite(t)).sum())} of {t.numel()} values)")
         if self.arcface is not None and self.face_latent is not None and \
                 self.arcface.shape[0] != self.face_latent.shape[0]:
             raise ValueError(f"MoCAIdentity: {self.arcface.shape[0]} ArcFace embeddings but "

@@ -90,6 +90,9 @@ class MoCAEncodeFace(io.ComfyNode):
                     continue
                 raise FaceNotFoundError(f"MoCA Encode Face: no usable face in {label}: {e} Use a photo where the "
                                         "face is visible (frontal, not tiny), or set on_no_face to 'skip'.") from e
+            if not torch.isfinite(face.embeddings).all():
+                raise ValueError(f"input 'face_analyzer': the ArcFace model returned NaN or infinity for {label}; its "
+                                 f"recogniser file is broken ({face_analyzer.report}). Re-download the pack.")
             embeddings.append(face.embeddings)
             crops.append(face.crops)
             used.append(label)
@@ -105,6 +108,9 @@ class MoCAEncodeFace(io.ComfyNode):
             if z.ndim != 5 or z.shape[1] != 16:
                 raise ValueError(f"input 'vae': expected the Wan 2.1 VAE (16 latent channels, video latents), but it "
                                  f"returned a latent of shape {list(z.shape)}. Load wan_2.1_vae.safetensors.")
+            if not torch.isfinite(z).all():
+                raise ValueError(f"input 'vae': the VAE returned NaN or infinity for the face crop of {used[i]}; the "
+                                 "VAE file is broken or not the Wan 2.1 VAE. Load wan_2.1_vae.safetensors.")
             latents.append(normalize_latent(z.float().cpu()))
             pbar.update(1)
         identity = MoCAIdentity(torch.cat(embeddings), torch.cat(latents), fusion, crops,

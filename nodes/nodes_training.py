@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from comfy_api.latest import io, ui
 
 from . import paths
@@ -45,6 +46,10 @@ class MoCASaveTrainingSample(io.ComfyNode):
             raise ValueError("input 'moca_id': a training sample needs both the ArcFace embedding and the face-crop "
                              "latent; connect the Wan VAE to MoCA Encode Face")
         text = caption_conditioning[0][0]
+        for name, t in (("video_latent", samples), ("caption_conditioning", text), ("face_mask", face_mask)):
+            if t is not None and not torch.isfinite(t).all():
+                raise ValueError(f"input '{name}' holds NaN or infinity ({int((~torch.isfinite(t)).sum())} of "
+                                 f"{t.numel()} values): the model that made it is broken; no sample was written")
         try:
             sample = sample_from_parts(samples, text, moca_id.arcface, moca_id.face_latent, face_mask,
                                        caption=caption, source="ComfyUI")

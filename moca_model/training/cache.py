@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_target
 from ..latents import normalize_latent
 from ..video import read_video
-from .data import ShardError, read_shard_header, write_shard
+from .data import ShardError, read_shard_header, require_finite, write_shard
 
 
 class VideoEncoder(Protocol):
@@ -211,6 +211,7 @@ class Cacher:
             s["face_mask"] = mask_to_latent_grid(mclip.mean(dim=1))                     # [T, h, w]
             if tuple(s["face_mask"].shape) != tuple(latents.shape[1:]):
                 raise ValueError(f"face mask grid {list(s['face_mask'].shape)} != latent grid {list(latents.shape[1:])}")
+        require_finite(s, str(entry["video"]))
         return s
 
     def run(self, manifest, out_dir) -> dict:

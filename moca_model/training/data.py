@@ -32,6 +32,17 @@ class ShardError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- write / read
+def require_finite(sample: dict, where: str):
+    """Refuse a sample whose tensors hold NaN or infinity (a broken VAE or encoder gives such latents, and
+    one such sample turns every training step that sees it into NaN)."""
+    for k in REQUIRED + OPTIONAL:
+        t = sample.get(k)
+        if t is not None and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ShardError(f"{where}: {k} holds NaN or infinity ({bad} of {t.numel()} values); the encoder that "
+                             "made it is broken (check the VAE / text encoder / face model files)")
+
+
 def _check_sample(i: int, s: dict, where: str):
     missing = [k for k in REQUIRED if k not in s]
     if missing:
@@ -50,6 +61,7 @@ def _check_sample(i: int, s: dict, where: str):
     if m is not None and tuple(m.shape) != tuple(lat.shape[1:]):
         raise ShardError(f"{where}: sample {i} face_mask {list(m.shape)} must match the latent grid "
                          f"{list(lat.shape[1:])}")
+    require_finite(s, f"{where}: sample {i}" + (f" ({s['source']})" if s.get("source") else ""))
 
 
 def write_shard(path, samples: list[dict], metadata: dict | None = None, overwrite: bool = True) -> Path:

@@ -1,0 +1,74 @@
+"""The nodes' own checks, in-process against a real ComfyUI (COMFYUI_PATH): each node's execute() is called
+as ComfyUI calls it, with real ComfyUI objects (VAE, MODEL, CONDITIONING). Skipped, with the reason shown,
+when COMFYUI_PATH is not set."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+H.require_comfyui()
+H.import_comfy()
+
+import comfy.sd  # noqa: E402
+import folder_paths  # noqa: E402
+
+import face_models  # noqa: E402
+
+mm = H.pack_module("moca_model")
+nodes_face = H.pack_module("nodes.nodes_face")
+nodes_training = H.pack_module("nodes.nodes_training")
+
+
+@pytest.fixture(scope="module")
+def analyzer(tmp_path_factory):
+    from moca_pack.moca_model.face import FaceAnalyzer
+    root = tmp_path_factory.mktemp("insightface")
+    face_models.make_tiny_pack(root)
+    return FaceAnalyzer.load(root, backend="onnxruntime", provider="cpu")
+
+
+@pytest.fixture()
+def output_dir(tmp_path):
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(before)
+
+
+def _photo():
+    return torch.from_numpy(face_models.astronaut()).float()[None] / 255.0          # [1, H, W, 3]
+
+
+def _uninitialised_wan_vae():
+    """ComfyUI's WanVAE as its loader builds it, without loading weights: uninitialised memory, like a
+    broken or truncated VAE file (this is what the old test fixture held)."""
+    import comfy.ldm.wan.vae as wan_vae
+    vae = wan_vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                         temperal_downsample=[False, True, True], dropout=0.0)
+    state = {k: v.half().contiguous() for k, v in vae.state_dict().items()}
+    state[next(k for k in state if k.endswith(".weight") and state[k].ndim == 5)].fill_(float("nan"))
+    return comfy.sd.VAE(sd=state)
+
+
+def test_encode_face_refuses_a_vae_that_returns_nan(analyzer):
+    with pytest.raises(ValueError, match=r"input 'vae': the VAE returned NaN or infinity for the face crop of "
+                                         r"input 'image' frame 0"):
+        nodes_face.MoCAEncodeFace.execute(_photo(), analyzer, _uninitialised_wan_vae(), "largest", 0, "error",
+                                          "mean", 64)
+
+
+@pytest.mark.parametrize("bad", ["video_latent", "caption_conditioning"])
+def test_save_training_sample_refuses_nan_inputs_and_writes_nothing(output_dir, bad):
+    latent = torch.randn(1, 16, 2, 8, 8)
+    text = torch.randn(1, 5, 4096)
+    if bad == "video_latent":
+        latent[0, 0, 0, 0, 0] = float("nan")
+    else:
+        text[0, 0, 0] = float("inf")
+    ident = mm.MoCAIdentity(torch.randn(1, 512), torch.randn(1, 16, 1, 4, 4))
+    with pytest.raises(ValueError, match=rf"input '{bad}' holds NaN or infinity \(1 of"):
+        nodes_training.MoCASaveTrainingSample.execute({"samples": latent}, [[text, {}]], ident, "clip", "s")
+    assert not list(output_dir.rglob("*.safetensors"))
