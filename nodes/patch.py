@@ -173,13 +173,37 @@ def _set(to: dict, key: str, uid: str, value):
     to[key] = {**(to.get(key) or {}), uid: value}
 
 
+SUPPORTED = "Wan 2.1 text-to-video, 1.3B or 14B (ComfyUI model type WAN21_T2V)"
+WAN_VARIANTS = {                      # ComfyUI's Wan classes MoCA does not support, by what users call them
+    "VaceWanModel": "a Wan VACE model", "CameraWanModel": "a Wan Fun Camera model",
+    "WanModel_S2V": "a Wan 2.2 speech-to-video (S2V) model", "HumoWanModel": "a HuMo model",
+    "AnimateWanModel": "a Wan 2.2 Animate model",
+}
+
+
 def wan_model_of(model):
-    """The native WanModel inside a MODEL, or a ValueError saying what to connect instead."""
+    """The native Wan 2.1 T2V WanModel inside a MODEL, or a ValueError that names what it is instead.
+
+    Only the plain text-to-video WanModel is accepted: the other Wan variants add inputs (image latents
+    concatenated on channels, VACE hints, HuMo's reference and audio tokens appended after the video, ...)
+    that MoCA was not trained with, and some move the video tokens MoCA's residual must land on."""
     import comfy.ldm.wan.model as wan
     dm = model.get_model_object("diffusion_model")
-    if isinstance(dm, getattr(wan, "WanModel_S2V", ())) or not isinstance(dm, wan.WanModel):
-        raise ValueError(f"MoCA Apply: input 'model' is a {type(dm).__name__}, not a Wan 2.1 text-to-video model. "
-                         "Load wan2.1_t2v_1.3B / 14B with Load Diffusion Model (or MoCA-DiT Loader) and connect that.")
+    config = type(getattr(model.model, "model_config", None)).__name__
+    kind = None
+    if not isinstance(dm, wan.WanModel):
+        kind = f"a {type(dm).__name__}, not a Wan model"
+    elif type(dm) is not wan.WanModel:
+        kind = WAN_VARIANTS.get(type(dm).__name__, f"a Wan variant ({type(dm).__name__})")
+    elif getattr(dm, "model_type", "t2v") != "t2v":
+        kind = f"a Wan image-to-video model (I2V / FLF2V / Fun, model_type {dm.model_type!r})"
+    elif dm.patch_embedding.in_channels != 16:
+        kind = (f"a Wan model with {dm.patch_embedding.in_channels} latent channels (Wan 2.2 TI2V 5B, or a Wan 2.1 "
+                "variant with extra input channels)")
+    if kind is not None:
+        raise ValueError(f"MoCA Apply: input 'model' is {kind} (ComfyUI model type {config}). MoCA supports "
+                         f"{SUPPORTED} only: load wan2.1_t2v_1.3B or 14B with Load Diffusion Model (or MoCA-DiT "
+                         "Loader) and connect that.")
     return dm
 
 

@@ -309,3 +309,29 @@ def test_partially_loaded_adapter_layers_run_on_the_load_device(setup):
                             "this check runs once the plan carries that as a Python value")
             raise
         assert out.device == meta and out.shape == x.shape, i
+
+
+# ---------------------------------------------------------------------------------------------- Wan variants
+def _comfy_wan_variant(cls_name: str, **extra):
+    """A tiny Wan variant loaded by ComfyUI's own loader: the state dict of ComfyUI's own class for that variant
+    (zeros), so ComfyUI's model detection picks the variant as it does for a real file."""
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+    m = getattr(wan, cls_name)(patch_size=(1, 2, 2), dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096,
+                               freq_dim=256, operations=comfy.ops.disable_weight_init, device="meta", **extra)
+    sd = {"model.diffusion_model." + k: torch.zeros(v.shape, dtype=torch.float16) for k, v in m.state_dict().items()}
+    return comfy.sd.load_diffusion_model_state_dict(sd)
+
+
+@pytest.mark.parametrize("cls_name, extra, named", [
+    ("WanModel", {"model_type": "i2v", "in_dim": 36, "out_dim": 16}, r"a Wan image-to-video model .*WAN21_I2V"),
+    ("VaceWanModel", {"in_dim": 16, "out_dim": 16, "vace_layers": 1, "vace_in_dim": 96}, r"a Wan VACE model .*WAN21_Vace"),
+    ("HumoWanModel", {"in_dim": 16, "out_dim": 16}, r"a HuMo model .*WAN21_HuMo"),
+    ("WanModel", {"in_dim": 48, "out_dim": 48}, r"a Wan model with 48 latent channels .*WAN22_T2V"),
+], ids=["i2v", "vace", "humo", "48-channel"])
+def test_unsupported_wan_variants_are_refused_by_name(setup, cls_name, extra, named):
+    ref, _, adapter, identity = setup
+    model = _comfy_wan_variant(cls_name, **extra)
+    with pytest.raises(ValueError, match=r"MoCA Apply: input 'model' is " + named + r".*MoCA supports Wan 2.1 "
+                                         r"text-to-video, 1.3B or 14B \(ComfyUI model type WAN21_T2V\) only"):
+        patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
