@@ -13,10 +13,20 @@ import folder_paths
 from ..moca_model.checkpoint import CheckpointError, read_moca
 from . import paths
 from .logic import check_choices
-from .adapter import build_adapter_patcher
+from .adapter import WEIGHT_DTYPES as ADAPTER_WEIGHT_DTYPES, build_adapter_patcher
 from .types import MocaAdapter, MocaFaceAnalyzer
 
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+ADAPTER_DTYPES = list(ADAPTER_WEIGHT_DTYPES)
+
+
+def adapter_dtype_input(name: str):
+    return io.Combo.Input(name, options=ADAPTER_DTYPES, default="default", optional=True,   # optional: older graphs
+                          tooltip="Storage dtype of the MoCA adapter's weights. 'default' follows ComfyUI's rule for "
+                                  "the Wan model (half precision on a GPU, fp32 on the CPU; --fp16-unet etc. apply), "
+                                  "whatever the file holds; fp8 halves it again (weights are cast on the fly).")
+
+
 PROVIDERS = ["auto", "cuda", "cpu", "tensorrt", "rocm", "migraphx", "directml", "coreml", "openvino"]
 
 
@@ -35,8 +45,9 @@ def _moca_file(input_name: str, name: str):
 
 class MoCAAdapterLoader(io.ComfyNode):
     @classmethod
-    def validate_inputs(cls, adapter_name):
-        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")))
+    def validate_inputs(cls, adapter_name, weight_dtype="default"):
+        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")),
+                             weight_dtype=(weight_dtype, ADAPTER_DTYPES))
 
     @classmethod
     def define_schema(cls):
@@ -47,22 +58,25 @@ class MoCAAdapterLoader(io.ComfyNode):
                         "ComfyUI's model manager loads and offloads it together with the model.",
             inputs=[io.Combo.Input("adapter_name", options=paths.files("moca"),
                                    tooltip="A .safetensors MoCA adapter (or combined MoCA-DiT file, whose adapter part "
-                                           "is used) in models/moca or a 'moca:' folder of extra_model_paths.yaml.")],
+                                           "is used) in models/moca or a 'moca:' folder of extra_model_paths.yaml."),
+                    adapter_dtype_input("weight_dtype")],
             outputs=[MocaAdapter.Output(display_name="moca_adapter",
                                         tooltip="The adapter, for MoCA Apply (and MoCA Encode Face tokens).")])
 
     @classmethod
-    def execute(cls, adapter_name):
+    def execute(cls, adapter_name, weight_dtype="default"):
         _, f = _moca_file("adapter_name", adapter_name)
-        return io.NodeOutput(build_adapter_patcher(f.config, f.adapter_state, os.path.basename(adapter_name)))
+        return io.NodeOutput(build_adapter_patcher(f.config, f.adapter_state, os.path.basename(adapter_name),
+                                                   weight_dtype))
 
 
 class MoCADiTLoader(io.ComfyNode):
     @classmethod
-    def validate_inputs(cls, ckpt_name, weight_dtype):
+    def validate_inputs(cls, ckpt_name, weight_dtype, adapter_dtype="default"):
         return check_choices('MoCA-DiT Loader',
                              ckpt_name=(ckpt_name, paths.files("moca")),
-                             weight_dtype=(weight_dtype, WEIGHT_DTYPES))
+                             weight_dtype=(weight_dtype, WEIGHT_DTYPES),
+                             adapter_dtype=(adapter_dtype, ADAPTER_DTYPES))
 
     @classmethod
     def define_schema(cls):
@@ -75,12 +89,13 @@ class MoCADiTLoader(io.ComfyNode):
                                    tooltip="A combined MoCA-DiT .safetensors file in models/moca."),
                     io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
                                    tooltip="Storage dtype of the backbone weights, as in Load Diffusion Model "
-                                           "(fp8 halves memory; 'default' keeps the file's dtype).")],
+                                           "(fp8 halves memory; 'default' keeps the file's dtype)."),
+                    adapter_dtype_input("adapter_dtype")],
             outputs=[io.Model.Output(display_name="model", tooltip="The native Wan 2.1 T2V model (no MoCA yet)."),
                      MocaAdapter.Output(display_name="moca_adapter", tooltip="The MoCA adapter, for MoCA Apply.")])
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype):
+    def execute(cls, ckpt_name, weight_dtype, adapter_dtype="default"):
         _, f = _moca_file("ckpt_name", ckpt_name)
         if f.backbone_state is None:
             raise ValueError(f"input 'ckpt_name': {ckpt_name} is an adapter-only file; load it with MoCA Adapter Loader "
@@ -95,7 +110,8 @@ class MoCADiTLoader(io.ComfyNode):
         model = comfy.sd.load_diffusion_model_state_dict(dict(f.backbone_state), model_options=options)
         if model is None:
             raise ValueError(f"input 'ckpt_name': ComfyUI could not recognise the backbone of {ckpt_name} as a Wan model.")
-        return io.NodeOutput(model, build_adapter_patcher(f.config, f.adapter_state, os.path.basename(ckpt_name)))
+        return io.NodeOutput(model, build_adapter_patcher(f.config, f.adapter_state, os.path.basename(ckpt_name),
+                                                          adapter_dtype))
 
 
 class MoCAFaceAnalyzerLoader(io.ComfyNode):

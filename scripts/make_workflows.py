@@ -78,7 +78,7 @@ WIDGETS = {
     "BasicScheduler": ["scheduler", "steps", "denoise"], "EmptyHunyuanLatentVideo": ["width", "height", "length", "batch_size"],
     "SamplerCustomAdvanced": [], "VAEDecode": [], "CreateVideo": ["fps"],
     "SaveVideo": ["filename_prefix", "format", "codec"], "PreviewImage": [], "Note": [None],
-    "MoCAAdapterLoader": ["adapter_name"], "MoCADiTLoader": ["ckpt_name", "weight_dtype"],
+    "MoCAAdapterLoader": ["adapter_name", "weight_dtype"], "MoCADiTLoader": ["ckpt_name", "weight_dtype", "adapter_dtype"],
     "MoCAFaceAnalyzerLoader": ["pack", "provider", "det_size"],
     "MoCAEncodeFace": ["face_select", "face_index", "on_no_face", "fusion", "crop_size"],
     "MoCASaveIdentity": ["filename_prefix"], "MoCALoadIdentity": ["identity_file"],
@@ -199,7 +199,7 @@ def basic() -> Graph:
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
     g.add("PreviewImage", [], pos=(1, 3), inputs={"images": (enc, 1)}, title="Aligned face (check it)")
-    ada = g.add("MoCAAdapterLoader", [ADAPTER], pos=(2, 0))
+    ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(2, 0))
     app = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)})
     pos, neg = prompts(g, clip, col=2, row=2)
     smp = g.add("MoCASampler", [832, 480, 33, 30, 5.0, 2.0, 8.0, 42, "randomize", "uni_pc", "simple", 1], pos=(3, 1),
@@ -220,7 +220,7 @@ def dual_guidance() -> Graph:
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
-    ada = g.add("MoCAAdapterLoader", [ADAPTER], pos=(1, 3))
+    ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(1, 3))
     pool = g.add("MoCATemporalPooling", [True, 1.0, True, 1.0, True, 1.0, True, 1.0], pos=(2, 0), size=[340, 280])
     mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.9], pos=(2, 1), size=[340, 300])
     app = g.add("MoCAApply", ["marked conditioning only"], pos=(2, 2),
@@ -277,7 +277,7 @@ def likeness_qa() -> Graph:
     unet, clip, vae = wan_loaders(g)
     ident = g.add("MoCALoadIdentity", ["identity_00001_.safetensors"], pos=(1, 0))
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
-    ada = g.add("MoCAAdapterLoader", [ADAPTER], pos=(1, 2))
+    ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(1, 2))
     app = g.add("MoCAApply", ["all"], pos=(2, 0), inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (ident, 0)})
     shf = g.add("ModelSamplingSD3", [8.0], pos=(2, 1), inputs={"model": (app, 0)})
     pos, neg = prompts(g, clip, col=2, row=2)
@@ -300,7 +300,7 @@ SMOKE_FACE = "moca_smoke_face.png"
 
 def smoke() -> Graph:
     g = Graph("moca_smoke_cpu")
-    dit = g.add("MoCADiTLoader", [SMOKE_DIT, "default"])
+    dit = g.add("MoCADiTLoader", [SMOKE_DIT, "default", "default"])
     vae = g.add("VAELoader", [SMOKE_VAE])
     img = g.add("LoadImage", [SMOKE_FACE, "image"])
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "cpu", 640])

@@ -72,3 +72,19 @@ def test_save_training_sample_refuses_nan_inputs_and_writes_nothing(output_dir, 
     with pytest.raises(ValueError, match=rf"input '{bad}' holds NaN or infinity \(1 of"):
         nodes_training.MoCASaveTrainingSample.execute({"samples": latent}, [[text, {}]], ident, "clip", "s")
     assert not list(output_dir.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("option, dtype", [("default", None), ("bf16", torch.bfloat16), ("fp8_e4m3fn", torch.float8_e4m3fn)])
+def test_adapter_loaders_store_the_adapter_in_weight_dtype(tmp_path, option, dtype):
+    nodes_loaders = H.pack_module("nodes.nodes_loaders")
+    adapter_mod = H.pack_module("nodes.adapter")
+    H.pack_module("nodes.paths").register_folders()
+    ref = H.tiny_moca()
+    folder_paths.add_model_folder_path("moca", str(tmp_path))
+    mm.save_moca(tmp_path / "fp32_adapter.safetensors", ref.adapter)           # what the trainer exported (fp32)
+    mm.save_moca(tmp_path / "fp32_dit.safetensors", ref)
+    want = dtype or adapter_mod.default_adapter_dtype()
+    ap = nodes_loaders.MoCAAdapterLoader.execute("fp32_adapter.safetensors", option).result[0]
+    assert ap.model.layers[0].out.weight.dtype == want
+    _, ap = nodes_loaders.MoCADiTLoader.execute("fp32_dit.safetensors", "default", option).result
+    assert ap.model.layers[0].experts.q.weight.dtype == want

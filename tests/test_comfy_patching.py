@@ -251,7 +251,7 @@ def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
 def test_fp16_bf16_fp8_adapters_run_through_casting_ops(setup, dtype):
     ref, model, _, identity = setup
     state = {k: v.to(dtype) for k, v in ref.adapter.state_dict().items()}
-    ap = adapter_mod.build_adapter_patcher(ref.config, state, f"tiny-{dtype}")
+    ap = adapter_mod.build_adapter_patcher(ref.config, state, f"tiny-{dtype}", weight_dtype=dtype)
     assert ap.model.layers[0].out.weight.dtype == dtype
     assert ap.model.tokenizer.type_embed.dtype == torch.float32
     x, sigma, ctx = inputs(6)
@@ -259,6 +259,21 @@ def test_fp16_bf16_fp8_adapters_run_through_casting_ops(setup, dtype):
     full = denoise(patch.apply_moca(model, setup[2], identity, mm.MoCAOptions()), x, sigma, ctx)
     assert torch.isfinite(out).all()
     assert (out - full).abs().max() / full.abs().max() < (1e-1 if dtype.itemsize == 1 else 5e-2)
+
+
+def test_adapter_dtype_follows_comfyuis_rule_for_the_wan_model_not_the_file(setup):
+    ref = setup[0]
+    bf16_file = {k: v.to(torch.bfloat16) for k, v in ref.adapter.state_dict().items()}
+    want = comfy.model_management.unet_dtype(supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    ap = adapter_mod.build_adapter_patcher(ref.config, bf16_file, "bf16 file")
+    assert ap.model.layers[0].out.weight.dtype == want == adapter_mod.default_adapter_dtype()
+    fp32_file = ref.adapter.state_dict()
+    ap = adapter_mod.build_adapter_patcher(ref.config, fp32_file, "fp32 file", weight_dtype="bf16")
+    assert ap.model.layers[0].out.weight.dtype == torch.bfloat16
+    assert ap.model.tokenizer.type_embed.dtype == torch.float32          # bare parameters stay fp32
+    assert comfy.model_management.module_size(ap.model) < 0.6 * sum(v.nbytes for v in fp32_file.values())
+    with pytest.raises(ValueError, match="weight_dtype must be one of"):
+        adapter_mod.build_adapter_patcher(ref.config, fp32_file, "x", weight_dtype="int8")
 
 
 def test_wrong_model_and_mismatched_adapter_errors_name_the_input(setup):

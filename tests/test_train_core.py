@@ -183,6 +183,7 @@ def test_export_command_from_checkpoint(shards, tmp_path):
     assert main(["export", "--checkpoint", str(list_checkpoints(tmp_path / "run")[-1]), "--out", str(out)]) == 0
     a, b = load_file(str(out)), load_file(str(tmp_path / "run" / "moca_adapter.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {torch.bfloat16}            # both exports default to bf16
 
 
 def test_validation_writes_a_video(shards, tmp_path):

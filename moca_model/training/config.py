@@ -121,7 +121,7 @@ class ValidationSection:
 class ExportSection:
     name: str = "moca_adapter.safetensors"  # written into out_dir/ at the end
     use_ema: bool = True                    # export EMA weights when EMA is on
-    dtype: str = "float32"
+    dtype: str = "bfloat16"                 # half the size of fp32 (the 14B adapter: 3.3 GiB); ComfyUI casts anyway
 
 
 @dataclass

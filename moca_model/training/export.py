@@ -24,7 +24,7 @@ def _dtype(name: str):
             "float64": torch.float32}[name]
 
 
-def export_state(state: dict, mcfg: MoCAConfig, out, dtype="float32", metadata: dict | None = None,
+def export_state(state: dict, mcfg: MoCAConfig, out, dtype="bfloat16", metadata: dict | None = None,
                  lora_names: dict | None = None, lora_alpha: float | None = None) -> Path:
     """Write the adapter (and LoRA / combined files when `state` has them) from trainable-parameter names."""
     out = Path(out)
@@ -74,7 +74,7 @@ def export_run(trainer) -> Path | None:
     return path
 
 
-def export_checkpoint(ckpt_dir, out, use_ema: bool = True, dtype: str = "float32") -> Path:
+def export_checkpoint(ckpt_dir, out, use_ema: bool = True, dtype: str = "bfloat16") -> Path:
     """Export from a training checkpoint folder (no model or data needed): `train_moca.py export`."""
     from safetensors.torch import load_file
 
