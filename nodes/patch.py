@@ -103,6 +103,29 @@ class MoCABlockPatch:
         return self
 
 
+class MoCAMarkedCheckWrapper:
+    """OUTER_SAMPLE wrapper (apply_to = marked conditioning only): a sampler whose conditionings carry no
+    MoCA marker (a plain KSampler) would never use the identity, so stop before sampling and say why."""
+
+    def __init__(self, state: MoCAState):
+        self.state = state
+
+    def __call__(self, executor, *args, **kwargs):
+        conds = getattr(executor.class_obj, "conds", None) or {}
+        marked = any(MODEL_COND in (c.get("model_conds") or {}) for cs in conds.values() for c in (cs or []))
+        if not marked:
+            raise ValueError(
+                "MoCA Apply: apply_to is 'marked conditioning only', but no conditioning of this sampler was marked by "
+                "MoCA Identity Conditioning, so the identity would never be used. Either set MoCA Apply's apply_to to "
+                "'all' (KSampler: identity on every pass), or mark the prompt with MoCA Identity Conditioning "
+                "('with identity'; for separate identity guidance use DualCFGGuider with cond1 = with identity, "
+                "cond2 = without identity), or use MoCA Sampler.")
+        return executor(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class MoCAScheduleWrapper:
     """APPLY_MODEL wrapper: MoCA acts only while start_percent <= progress <= end_percent."""
 
@@ -224,6 +247,8 @@ def apply_moca(model, adapter_patcher, identity, options: MoCAOptions, start_per
         m.set_model_patch_replace(MoCABlockPatch(state, i, existing.get(("double_block", i))), "dit", "double_block", i)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, MoCAScheduleWrapper(state))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, MoCADiffusionWrapper(state))
+    if apply_to != "all":
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, MoCAMarkedCheckWrapper(state))
     return m
 
 

@@ -350,3 +350,18 @@ def test_unsupported_wan_variants_are_refused_by_name(setup, cls_name, extra, na
     with pytest.raises(ValueError, match=r"MoCA Apply: input 'model' is " + named + r".*MoCA supports Wan 2.1 "
                                          r"text-to-video, 1.3B or 14B \(ComfyUI model type WAN21_T2V\) only"):
         patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+
+
+def test_marked_only_with_a_plain_ksampler_fails_with_the_fix(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), apply_to="marked conditioning only")
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    cond = [[torch.randn(1, 12, 4096), {}]]
+    with pytest.raises(ValueError, match="apply_to is 'marked conditioning only', but no conditioning .* set MoCA "
+                                         "Apply's apply_to to 'all'.*MoCA Identity Conditioning"):
+        comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 1, 2.0, "euler", "simple", cond, cond,
+                            latent, disable_pbar=True)
+    marked = patch.mark_conditioning(cond, logic.marker_for("with identity"))        # marked: runs
+    out = comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 1, 2.0, "euler", "simple", marked, cond,
+                              latent, disable_pbar=True)
+    assert torch.isfinite(out).all()
