@@ -134,13 +134,6 @@ def latent_frames(frames: int) -> int:
     return (int(frames) - 1) // 4 + 1
 
 
-# ---------------------------------------------------------------------------------------------- guidance
-def guidance_coefficients(text_cfg: float, id_cfg: float) -> dict:
-    """v = v_u + s_t (v_t - v_u) + s_i (v_ti - v_t) as coefficients of the passes that are needed."""
-    coefs = {"negative": 1.0 - text_cfg, "text": text_cfg - id_cfg, "text_id": id_cfg}
-    return {k: c for k, c in coefs.items() if c != 0.0}
-
-
 # ---------------------------------------------------------------------------------------------- files
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

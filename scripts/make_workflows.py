@@ -202,7 +202,7 @@ def basic() -> Graph:
     ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(2, 0))
     app = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)})
     pos, neg = prompts(g, clip, col=2, row=2)
-    smp = g.add("MoCASampler", [832, 480, 33, 30, 5.0, 2.0, 8.0, 42, "randomize", "uni_pc", "simple", 1], pos=(3, 1),
+    smp = g.add("MoCASampler", [832, 480, 33, 30, 5.0, 2.0, 0.0, 42, "randomize", "uni_pc", "simple", 1], pos=(3, 1),
                 inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)}, size=[340, 380])
     dec = g.add("VAEDecode", [], pos=(4, 1), inputs={"samples": (smp, 0), "vae": (vae, 0)})
     vid = g.add("CreateVideo", [16.0], pos=(4, 2), inputs={"images": (dec, 0)})
@@ -312,7 +312,7 @@ def smoke() -> Graph:
     mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
     app = g.add("MoCAApply", ["all"], inputs={"model": (dit, 0), "moca_adapter": (dit, 1), "moca_id": (enc, 0),
                                               "moca_pooling": (pool, 0), "moca_mixing": (mix, 0)})
-    smp = g.add("MoCASampler", [64, 64, 5, 2, 3.0, 1.5, 8.0, 7, "fixed", "euler", "simple", 1],
+    smp = g.add("MoCASampler", [64, 64, 5, 2, 3.0, 1.5, 0.0, 7, "fixed", "euler", "simple", 1],
                 inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)})
     dec = g.add("VAEDecode", [], inputs={"samples": (smp, 0), "vae": (vae, 0)})
     vid = g.add("CreateVideo", [8.0], inputs={"images": (dec, 0)})

@@ -210,10 +210,10 @@ def test_moca_guider_matches_the_guidance_formula(setup):
     t = torch.tensor([1000.0])
     with torch.no_grad():
         v_u, v_t, v_ti = ref(noise, t, neg), ref(noise, t, pos), ref(noise, t, pos, identity=tokens)
-    v = v_u + 4.0 * (v_t - v_u) + 2.5 * (v_ti - v_t)
+    v = v_u + 4.0 * (v_t + 2.5 * (v_ti - v_t) - v_u)
     want = latents.denormalize_latent(noise - v)  # one Euler step from sigma 1 to 0, in the VAE's space
     err = (out - want).abs().max().item() / want.abs().max().item()
-    print(f"\nMoCA Sampler guidance vs v_u + s_t(v_t - v_u) + s_i(v_ti - v_t): relative difference {err:.2e}")
+    print(f"\nMoCA Sampler guidance vs v_u + s_t(v_t + s_i(v_ti - v_t) - v_u): relative difference {err:.2e}")
     assert err < 1e-4
 
 
@@ -365,3 +365,84 @@ def test_marked_only_with_a_plain_ksampler_fails_with_the_fix(setup):
     out = comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 1, 2.0, "euler", "simple", marked, cond,
                               latent, disable_pbar=True)
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------- MoCA Sampler
+def _moca_sampler(model, pos, neg, text_cfg, id_cfg, shift=0.0, seed=3):
+    out = sampler_mod.MoCASampler.execute(model, pos, neg, 16, 16, 5, 3, text_cfg, id_cfg, shift, seed, "euler",
+                                          "simple", 1)
+    return out.result[0]["samples"]
+
+
+def _ksampler(model, pos, neg, cfg, seed=3):
+    latent = torch.zeros(1, 16, 2, 2, 2)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 3, cfg, "euler", "simple", pos, neg,
+                               latent, disable_pbar=True, seed=seed)
+
+
+def _cfg_hooks(model):
+    """ComfyUI's own pre-CFG (APG), CFG (RescaleCFG) and post-CFG (CFG-Zero*) patches, fresh (APG keeps state)."""
+    from comfy_extras.nodes_apg import APG
+    from comfy_extras.nodes_cfg import CFGZeroStar
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+    model = APG.execute(model, 1.0, 5.0, 0.5).result[0]
+    model = RescaleCFG().patch(model, 0.7)[0]
+    return CFGZeroStar.execute(model).result[0]
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(21)
+    return [[torch.randn(1, 12, 4096, generator=g), {}]], [[torch.randn(1, 12, 4096, generator=g), {}]]
+
+
+def test_moca_sampler_honours_comfyuis_cfg_patches(setup):
+    """id_cfg 0 is exactly KSampler's CFG, and id_cfg 1 is KSampler's CFG with the identity on the prompt's pass
+    (MoCA Apply 'marked conditioning only', the prompt marked): both with APG + RescaleCFG + CFG-Zero* applied."""
+    _, model, adapter, identity = setup
+    pos, neg = _prompts()
+    no_hooks = _moca_sampler(patch.apply_moca(model, adapter, identity, mm.MoCAOptions()), pos, neg, 4.0, 0.0)
+    got = _moca_sampler(patch.apply_moca(_cfg_hooks(model), adapter, identity, mm.MoCAOptions()), pos, neg, 4.0, 0.0)
+    want = _ksampler(_cfg_hooks(model), pos, neg, 4.0)
+    assert torch.equal(got, want), (got - want).abs().max()
+    assert (got - no_hooks).abs().max() > 1e-3, "the CFG patches must change this run, or the test proves nothing"
+
+    got = _moca_sampler(patch.apply_moca(_cfg_hooks(model), adapter, identity, mm.MoCAOptions()), pos, neg, 4.0, 1.0)
+    marked = patch.apply_moca(_cfg_hooks(model), adapter, identity, mm.MoCAOptions(), apply_to="marked conditioning only")
+    want = _ksampler(marked, patch.mark_conditioning(pos, logic.marker_for("with identity")), neg, 4.0)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * want.abs().max().item()), (got - want).abs().max()
+
+
+def test_moca_sampler_keeps_an_upstream_shift_unless_asked(setup):
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    _, model, adapter, identity = setup
+    pos, neg = _prompts()
+    shifted = ModelSamplingSD3().patch(model, 3.0)[0]
+    kept = _moca_sampler(patch.apply_moca(shifted, adapter, identity, mm.MoCAOptions()), pos, neg, 4.0, 0.0, shift=0.0)
+    assert torch.equal(kept, _ksampler(shifted, pos, neg, 4.0))
+    asked = _moca_sampler(patch.apply_moca(shifted, adapter, identity, mm.MoCAOptions()), pos, neg, 4.0, 0.0, shift=5.0)
+    assert torch.equal(asked, _ksampler(ModelSamplingSD3().patch(model, 5.0)[0], pos, neg, 4.0))
+    assert not torch.equal(kept, asked)
+
+
+def test_moca_sampler_on_a_model_without_moca_is_ksampler(setup):
+    """MoCA Apply bypassed: MoCA Sampler gets the base model and gives exactly KSampler's result."""
+    _, model, _, _ = setup
+    pos, neg = _prompts()
+    assert torch.equal(_moca_sampler(model, pos, neg, 4.0, 2.0), _ksampler(model, pos, neg, 4.0))
+
+
+@pytest.mark.parametrize("text_cfg, id_cfg, passes", [(4.0, 2.0, 3), (4.0, 1.0, 2), (1.0, 2.0, 2), (1.0, 1.0, 1),
+                                                      (4.0, 0.0, 2)])
+def test_moca_sampler_runs_only_the_passes_a_setting_needs(setup, text_cfg, id_cfg, passes):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    seen = []
+
+    def count(executor, x, *args, **kwargs):
+        seen.append(x.shape[0])
+        return executor(x, *args, **kwargs)
+
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "count", count)
+    pos, neg = _prompts()
+    _moca_sampler(patched, pos, neg, text_cfg, id_cfg)
+    assert sum(seen) == 3 * passes, seen                 # 3 steps, batch 1: one row per pass and step

@@ -237,6 +237,28 @@ def test_smoke_workflow_identity_changes_the_video(server):
     assert change > 1e-2
 
 
+def test_smoke_workflow_with_moca_apply_bypassed_equals_the_base_ksampler_graph(server):
+    """Bypassing MoCA Apply (what the front end sends: MoCA Sampler's model comes from the loader) gives
+    exactly the core graph without MoCA: the empty Wan latent + KSampler with cfg = text_cfg."""
+    prompt = json.loads(SMOKE.read_text())
+    sampler, apply_ = _node_id(prompt, "MoCASampler"), _node_id(prompt, "MoCAApply")
+    bypassed = copy.deepcopy(prompt)
+    bypassed[sampler]["inputs"]["model"] = bypassed[apply_]["inputs"]["model"]
+    del bypassed[apply_]
+    got = _latent_of(server, bypassed, sampler, "moca_test/smoke_bypassed")
+    s = prompt[sampler]["inputs"]
+    base = {k: v for k, v in prompt.items() if v["class_type"] in ("MoCADiTLoader", "MoCALoadTextEmbeds")}
+    base["800"] = {"class_type": "EmptyHunyuanLatentVideo",
+                   "inputs": {"width": s["width"], "height": s["height"], "length": s["frames"], "batch_size": 1}}
+    base["801"] = {"class_type": "KSampler", "inputs": {
+        "model": prompt[apply_]["inputs"]["model"], "seed": s["seed"], "steps": s["steps"], "cfg": s["text_cfg"],
+        "sampler_name": s["sampler_name"], "scheduler": s["scheduler"], "positive": s["positive"],
+        "negative": s["negative"], "latent_image": ["800", 0], "denoise": 1.0}}
+    want = _latent_of(server, base, "801", "moca_test/smoke_base")
+    assert torch.isfinite(want).all() and want.std() > 0.1
+    assert torch.equal(got, want), (got - want).abs().max()
+
+
 def test_photo_without_a_face_is_an_execution_error_naming_the_image(server):
     prompt = json.loads(SMOKE.read_text())
     face_node = next(k for k, v in prompt.items() if v["class_type"] == "LoadImage")

@@ -84,13 +84,6 @@ def test_latent_grid_and_frames():
         logic.latent_grid((1, 16, 8, 8))
 
 
-def test_guidance_coefficients_sum_to_one_and_skip_unneeded_passes():
-    c = logic.guidance_coefficients(5.0, 2.0)
-    assert c == {"negative": -4.0, "text": 3.0, "text_id": 2.0} and sum(c.values()) == pytest.approx(1.0)
-    assert logic.guidance_coefficients(1.0, 1.0) == {"text_id": 1.0}   # one pass
-    assert logic.guidance_coefficients(5.0, 0.0) == {"negative": -4.0, "text": 5.0}
-
-
 def test_identity_file_round_trip_and_tokens(tmp_path):
     ident = mm.MoCAIdentity(torch.randn(2, 512), torch.randn(2, 16, 1, 32, 32), "concat",
                             torch.rand(2, 64, 64, 3), {"used": ["a", "b"]})
