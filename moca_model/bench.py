@@ -54,6 +54,34 @@ def live_adapter(model, seed=0):
                 p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
 
 
+def bench_sampler(model, T: int, hw: tuple[int, int], device="cpu", dtype=torch.float32, steps: int = 3,
+                  reps: int = 3, text_len: int = 64) -> dict:
+    """Seconds per sampling step with identity guidance (text_cfg 5, id_cfg 2: negative, text and text+identity
+    passes; the adapter runs on the identity pass only) vs text-only CFG (negative and text), same steps and
+    inputs, runs interleaved; `ratio` is the cost of identity guidance (target <= 1.58: 3 vs 2 evaluations x 1.05)."""
+    from .sampling import sample
+    x, _, ctx, ident = make_inputs(model, T, *hw, device, dtype, text_len=text_len)
+    neg = torch.zeros_like(ctx)
+    runs = {"identity": lambda: sample(model, x, ctx, neg, ident, steps=steps, text_cfg=5.0, id_cfg=2.0,
+                                       progress=False),
+            "text": lambda: sample(model, x, ctx, neg, None, steps=steps, text_cfg=5.0, progress=False)}
+    times = {k: [] for k in runs}
+    for fn in runs.values():                                                 # warm-up
+        fn()
+    for r in range(reps):
+        for name in (("identity", "text") if r % 2 == 0 else ("text", "identity")):
+            if device != "cpu":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            runs[name]()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) / steps)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    return {"latent_frames": T, "steps": steps, "identity_s_per_step": out["identity"],
+            "text_s_per_step": out["text"], "ratio": out["identity"] / out["text"]}
+
+
 def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, memory: bool = True) -> dict:
     torch.manual_seed(0)
     model = MoCADiT(MoCAConfig.preset(preset)).eval()
@@ -79,8 +107,10 @@ def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, me
                      "base_s": b, "moca_s": m, "ratio": m / b,
                      "base_peak_mb": peaks.get("base", 0) / 2**20, "moca_peak_mb": peaks.get("moca", 0) / 2**20})
     share = model.num_parameters("adapter") / model.num_parameters()
+    with torch.no_grad():
+        sampler = bench_sampler(model, frames[len(frames) // 2], hw, reps=reps)
     return {"device": "cpu", "preset": preset, "threads": torch.get_num_threads(), "reps": reps,
-            "latent_hw": hw, "rows": rows, "adapter_share": share}
+            "latent_hw": hw, "rows": rows, "adapter_share": share, "sampler": sampler}
 
 
 def bench_cuda(preset: str, frames: int = 81, height: int = 480, width: int = 832, reps: int = 5) -> dict:
@@ -105,8 +135,10 @@ def bench_cuda(preset: str, frames: int = 81, height: int = 480, width: int = 83
                 times.append(start.elapsed_time(end) / 1000)
             out[name] = {"s_per_eval": statistics.median(times),
                          "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30}
+        sampler = bench_sampler(model, T, (height // 8, width // 8), dev, dtype, steps=2, reps=2, text_len=512)
     return {"device": torch.cuda.get_device_name(), "preset": preset, "frames": frames, "size": [height, width],
-            "tokens": T * h2 * w2, **out, "ratio": out["moca"]["s_per_eval"] / out["base"]["s_per_eval"]}
+            "tokens": T * h2 * w2, **out, "ratio": out["moca"]["s_per_eval"] / out["base"]["s_per_eval"],
+            "sampler": sampler}
 
 
 def main(argv=None):
@@ -151,6 +183,10 @@ def main(argv=None):
           f"FLOPs at 81 frames 480x832 ({flops['tokens']} tokens): backbone {flops['backbone_tflops']:.1f} TFLOP, "
           f"MoCA +{flops['moca_tflops']:.2f} TFLOP = +{100 * flops['ratio']:.2f}%")
     res["flops_wan2.1-1.3b"] = flops
+    sm = res["sampler"]
+    print(f"sampler, {sm['latent_frames']} latent frames, {sm['steps']} steps: {sm['identity_s_per_step']:.3f} s/step "
+          f"with identity guidance (3 passes, MoCA on one) vs {sm['text_s_per_step']:.3f} s/step text-only CFG")
+    print(f"sampler_step_ratio={sm['ratio']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2, default=str)

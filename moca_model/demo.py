@@ -20,7 +20,7 @@ from .atomic import atomic_target
 from .config import MoCAConfig
 from .dit import MoCADiT
 from .latents import latent_to_rgb
-from .sampling import SOLVERS, make_noise, sample
+from .sampling import SOLVERS, Guidance, make_noise, sample
 from .video import write_video
 
 DEFAULT_PROMPT = "a woman with short dark hair smiles and turns her head towards the camera, soft daylight"
@@ -157,6 +157,7 @@ def main(argv=None):
     print("MoCA demo:\n  " + "\n  ".join(notes))
 
     runs, finals = {}, {}
+    guidance = Guidance(args.text_cfg, args.id_cfg)
     for name, ident in (("with_identity", identity), ("without_identity", None)):
         t0 = time.perf_counter()
         latents = sample(model, noise, context, negative, ident, id_cfg=args.id_cfg, **common)
@@ -167,7 +168,7 @@ def main(argv=None):
         write_video(path, frames, fps=args.fps / 4, overwrite=args.overwrite)
         runs[name] = {"video": str(path), "seconds": round(seconds, 3),
                       "seconds_per_step": round(seconds / args.steps, 4),
-                      "model_evaluations_per_step": 3 if ident is not None and args.text_cfg != 1 else 2,
+                      "model_evaluations_per_step": len(guidance.coefficients(ident is not None)),
                       "latent_mean_abs": round(latents.abs().mean().item(), 4)}
         print(f"  {name}: {seconds:.1f} s ({seconds / args.steps:.3f} s/step) -> {path}")
     diff = (finals["with_identity"] - finals["without_identity"]).abs().mean().item()

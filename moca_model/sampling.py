@@ -1,7 +1,11 @@
 """Standalone sampler: Wan's rectified flow with timestep shift, Euler or DPM-Solver++(2M), and
-separate text and identity guidance:
+separate text and identity guidance (the same as ComfyUI's MoCA Sampler):
 
-    v = v_uncond + s_text (v_text - v_uncond) + s_id (v_text+id - v_text)
+    cond = v_text + s_id (v_text+id - v_text)        identity guidance, folded into the prompt's prediction
+    v    = v_uncond + s_text (cond - v_uncond)       text CFG
+
+so s_id = 0 is plain CFG, s_id = 1 needs no text-only pass, s_text = 1 no negative pass, and MoCA runs only in
+the pass with identity.
 
 Flow convention (Wan / ComfyUI FLOW): x_sigma = (1 - sigma) x0 + sigma * noise, the model predicts the
 velocity v = noise - x0 at timestep t = 1000 * sigma, so x0 = x - sigma * v.
@@ -36,13 +40,14 @@ def flow_sigmas(steps: int, shift: float = 8.0) -> torch.Tensor:
 
 @dataclass
 class Guidance:
-    """Which passes a step needs and how they combine: v = sum(coef * v_pass)."""
+    """Which passes a step needs and how they combine: v = sum(coef * v_pass) (the coefficients sum to 1)."""
     text_cfg: float = 5.0
     id_cfg: float = 1.0
 
     def coefficients(self, use_identity: bool) -> dict:
         s_t, s_i = self.text_cfg, (self.id_cfg if use_identity else 0.0)
-        return {k: c for k, c in (("uncond", 1.0 - s_t), ("text", s_t - s_i), ("text_id", s_i)) if c != 0.0}
+        coefs = (("uncond", 1.0 - s_t), ("text", s_t * (1.0 - s_i)), ("text_id", s_t * s_i))
+        return {k: c for k, c in coefs if not math.isclose(c, 0.0, abs_tol=1e-12)}
 
 
 def make_noise(shape, seed: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -89,22 +94,29 @@ def sample(model, noise: torch.Tensor, context: torch.Tensor, negative_context: 
 
     def velocity(x, sigma, use_id):
         coefs = guidance.coefficients(use_id and identity is not None)
-        passes = {"uncond": (negative_context, None), "text": (context, None), "text_id": (context, identity)}
         t = torch.full((B,), float(sigma) * 1000.0, device=x.device)
         v = None
-        wanted = list(coefs)
-        # Passes with the same text length run as one batch; identity is switched per sample.
-        groups = {}
-        for name in wanted:
-            groups.setdefault(passes[name][0].shape[1], []).append(name)
-        for names in groups.values():
-            ctx = torch.cat([passes[n][0].expand(B, -1, -1) for n in names])
-            mask = torch.cat([torch.full((B,), float(passes[n][1] is not None), device=x.device) for n in names])
-            ident = identity.expand(B, -1, -1).repeat(len(names), 1, 1) if mask.any() else None
-            out = model(x.repeat(len(names), 1, 1, 1, 1), t.repeat(len(names)), ctx, identity=ident,
-                        moca_options=moca_options, identity_mask=mask if ident is not None else None)
+
+        def add(name, out):
+            nonlocal v
+            v = coefs[name] * out.float() if v is None else v + coefs[name] * out.float()
+
+        # The passes without identity run as one batch when their text lengths agree (the backbone alone);
+        # the identity pass runs on its own, so the adapter only ever sees the rows that use it.
+        plain = [n for n in ("uncond", "text") if n in coefs]
+        texts = {"uncond": negative_context, "text": context}
+        if len(plain) == 2 and negative_context.shape[1] != context.shape[1]:
+            groups = [[n] for n in plain]
+        else:
+            groups = [plain] if plain else []
+        for names in groups:
+            ctx = torch.cat([texts[n].expand(B, -1, -1) for n in names])
+            out = model(x.repeat(len(names), 1, 1, 1, 1), t.repeat(len(names)), ctx)
             for n, vn in zip(names, out.chunk(len(names))):
-                v = coefs[n] * vn.float() if v is None else v + coefs[n] * vn.float()
+                add(n, vn)
+        if "text_id" in coefs:
+            add("text_id", model(x, t, context.expand(B, -1, -1), identity=identity.expand(B, -1, -1),
+                                 moca_options=moca_options))
         return v
 
     bar = tqdm(range(steps), desc=f"MoCA {solver}", disable=not progress, leave=False)

@@ -39,6 +39,8 @@ def test_bench_prints_table_and_ratio(capsys):
     res = bench.main(["--preset", "tiny", "--frames", "1,2", "--reps", "1", "--quick"])
     out = capsys.readouterr().out
     assert re.search(r"^moca_overhead_ratio=\d+\.\d{3}$", out.strip().splitlines()[-1])
+    assert re.search(r"^sampler_step_ratio=\d+\.\d{3}$", out, re.M)              # identity guidance vs text CFG
+    assert res["sampler"]["identity_s_per_step"] > 0 and res["sampler"]["text_s_per_step"] > 0
     assert len(res["rows"]) == 2 and all(r["moca_peak_mb"] > 0 for r in res["rows"])
     assert "wan2.1-1.3b: adapter 203.1M = 14.3% of the backbone" in out
     assert res["flops_wan2.1-1.3b"]["ratio"] < 0.12                          # DESIGN budget: <= 12% FLOPs

@@ -54,25 +54,52 @@ class Recorder(torch.nn.Module):
         self.calls = []
 
     def forward(self, x, t, context, identity=None, moca_options=None, identity_mask=None):
+        assert identity_mask is None, "the sampler never runs the adapter on rows without identity"
         self.calls.append((x.shape[0], identity is not None))
         v = context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1).expand_as(x).clone()
-        if identity is not None:
-            v = v + 10 * identity_mask.view(-1, 1, 1, 1, 1)
-        return v
+        return v + 10 if identity is not None else v
 
 
-def test_guidance_formula_and_batched_passes():
+def test_guidance_formula_and_passes():
     noise = torch.zeros(1, 16, 1, 2, 2)
     pos, neg, ident = torch.full((1, 3, 8), 2.0), torch.full((1, 3, 8), -1.0), torch.zeros(1, 4, 8)
     model = Recorder()
     out = sample(model, noise, pos, neg, ident, steps=1, text_cfg=4.0, id_cfg=1.5, shift=1.0, progress=False)
     v_u, v_t, v_ti = -1.0, 2.0, 12.0
-    v = v_u + 4.0 * (v_t - v_u) + 1.5 * (v_ti - v_t)
+    v = v_u + 4.0 * (v_t + 1.5 * (v_ti - v_t) - v_u)
     torch.testing.assert_close(out, torch.full_like(noise, -v))                    # x0 = x - 1 * v at sigma 1
-    assert model.calls == [(3, True)]                                            # three passes, one batch
-    model.calls.clear()
-    sample(model, noise, pos, neg, ident, steps=1, text_cfg=1.0, id_cfg=1.0, progress=False)
-    assert model.calls == [(1, True)]                                            # cfg 1: only text+id runs
+    assert model.calls == [(2, False), (1, True)]          # negative + text batched; the adapter on one row only
+
+
+@pytest.mark.parametrize("text_cfg, id_cfg, with_identity, calls", [
+    (1.0, 1.0, True, [(1, True)]),                          # one pass: text + identity
+    (4.0, 1.0, True, [(1, False), (1, True)]),              # id_cfg 1: no text-only pass
+    (1.0, 2.0, True, [(1, False), (1, True)]),              # text_cfg 1: no negative pass
+    (4.0, 2.0, False, [(2, False)]),                        # no identity: plain CFG, no adapter
+    (4.0, 0.0, True, [(2, False)]),                         # id_cfg 0: plain CFG, no adapter
+])
+def test_only_the_passes_a_setting_needs_run(text_cfg, id_cfg, with_identity, calls):
+    model = Recorder()
+    sample(model, torch.zeros(1, 16, 1, 2, 2), torch.ones(1, 3, 8), torch.zeros(1, 3, 8),
+           torch.zeros(1, 4, 8) if with_identity else None, steps=1, text_cfg=text_cfg, id_cfg=id_cfg, progress=False)
+    assert model.calls == calls
+
+
+def test_identity_pass_matches_the_model_with_identity_and_plain_passes_the_backbone():
+    """With a real MoCADiT: the guided velocity equals the formula on separately computed passes."""
+    from moca_model.bench import live_adapter
+    model = MoCADiT(MoCAConfig.preset("tiny")).eval()
+    live_adapter(model)
+    g = torch.Generator().manual_seed(2)
+    ctx, neg = torch.randn(1, 5, 4096, generator=g), torch.randn(1, 5, 4096, generator=g)
+    ident = model.adapter.tokenizer(arcface=torch.randn(1, 512, generator=g))
+    noise = make_noise((1, 16, 2, 8, 8), seed=1)
+    out = sample(model, noise, ctx, neg, ident, steps=1, text_cfg=3.0, id_cfg=2.0, shift=1.0, progress=False)
+    t = torch.tensor([1000.0])
+    with torch.no_grad():
+        v_u, v_t, v_ti = model(noise, t, neg), model(noise, t, ctx), model(noise, t, ctx, identity=ident)
+    assert not torch.allclose(v_ti, v_t)
+    torch.testing.assert_close(out, noise - (v_u + 3.0 * (v_t + 2.0 * (v_ti - v_t) - v_u)), rtol=1e-4, atol=1e-4)
 
 
 def test_identity_step_range():
