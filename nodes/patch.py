@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +60,7 @@ class MoCARun:
     tokens: torch.Tensor      # [1 | B, M, D_id]
     grid: tuple               # (T, h, w)
     opts: ResolvedOptions
+    ran: set = field(default_factory=set)     # blocks whose MoCA patch ran (a patch added later may replace it)
 
 
 class MoCABlockPatch:
@@ -77,6 +78,7 @@ class MoCABlockPatch:
         run = runs.get(self.state.uid) if runs else None
         if run is None:
             return out
+        run.ran.add(self.index)
         x = out["img"]
         n = run.grid[0] * run.grid[1] * run.grid[2]
         layer = self.state.adapter.layers[self.index]
@@ -168,13 +170,43 @@ class MoCADiffusionWrapper:
         tokens = identity.tokens(st.adapter.tokenizer, device=x.device).to(x.dtype)
         run = MoCARun(tokens, grid, st.resolved)
         args, kwargs = _with_options(args, kwargs, 2, lambda o: _set(o, KEY, st.uid, run))
-        return executor(x, timestep, context, *args, **kwargs)
+        out = executor(x, timestep, context, *args, **kwargs)
+        missing = sorted(set(range(len(st.adapter.layers))) - run.ran)
+        if missing:
+            dit = ((_get_options(args, kwargs, 2).get("patches_replace") or {}).get("dit") or {})
+            now = {_describe(dit.get(("double_block", i))) for i in missing}
+            raise ValueError(
+                f"MoCA: the identity did not run on DiT block(s) {_ranges(missing)}: their block patch is now "
+                f"{', '.join(sorted(now))}, added to the model after MoCA Apply, and it replaced MoCA's instead of "
+                "calling it. Connect that node before MoCA Apply (MoCA chains the block patches it finds there), or "
+                "remove it.")
+        return out
 
     def __deepcopy__(self, memo):
         return self
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _describe(p) -> str:
+    if p is None:
+        return "missing"
+    f = getattr(p, "func", p)                                   # functools.partial
+    mod = getattr(f, "__module__", None) or type(f).__module__
+    return f"{getattr(f, '__qualname__', type(f).__qualname__)} (from {mod})"
+
+
+def _ranges(idx: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    parts, i = [], 0
+    while i < len(idx):
+        j = i
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        parts.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
 def _get_options(args, kwargs, pos):
     if "transformer_options" in kwargs:
         return kwargs["transformer_options"] or {}

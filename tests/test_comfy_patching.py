@@ -446,3 +446,27 @@ def test_moca_sampler_runs_only_the_passes_a_setting_needs(setup, text_cfg, id_c
     pos, neg = _prompts()
     _moca_sampler(patched, pos, neg, text_cfg, id_cfg)
     assert sum(seen) == 3 * passes, seen                 # 3 steps, batch 1: one row per pass and step
+
+
+def test_a_block_patch_added_after_moca_apply_is_detected(setup):
+    _, model, adapter, identity = setup
+    patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    x, sigma, ctx = inputs(7)
+
+    def later_pack_patch(args, extra):            # another pack's node after MoCA Apply: replaces block 1's patch
+        return extra["original_block"](args)
+
+    replaced = patched.clone()
+    replaced.set_model_patch_replace(later_pack_patch, "dit", "double_block", 1)
+    with pytest.raises(ValueError, match=r"identity did not run on DiT block\(s\) 1: .*later_pack_patch.*after MoCA "
+                                         r"Apply.*Connect that node before MoCA Apply"):
+        denoise(replaced, x, sigma, ctx)
+
+    previous = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 1)]
+
+    def chaining_patch(args, extra):               # a pack that calls what was there before keeps MoCA working
+        return previous(args, extra)
+
+    chained = patched.clone()
+    chained.set_model_patch_replace(chaining_patch, "dit", "double_block", 1)
+    assert torch.equal(denoise(chained, x, sigma, ctx), denoise(patched, x, sigma, ctx))
