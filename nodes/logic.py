@@ -191,14 +191,25 @@ def likeness_plot(scores, width: int = 640, height: int = 240, threshold: float 
 
 
 def check_choice(node: str, name: str, value, options) -> bool | str:
-    """validate_inputs helper: ComfyUI does not check V3 combo values against their options, so the
-    nodes do (None = linked input, checked at run time)."""
+    """validate_inputs helper: ComfyUI 0.3.x does not check V3 combo values against their options, so the
+    nodes do (None = linked input, checked at run time).
+
+    ComfyUI reports a failed validate_inputs once for *every* input the function takes, so each node's
+    validate_inputs takes one input (the file list, which changes on disk); other combos are checked by
+    `require_choices` when the node runs."""
     if value is None or value in options:
         return True
     shown = ", ".join(map(str, list(options)[:12])) + (" ..." if len(options) > 12 else "")
     if not options:
         return f"{node}: input '{name}' = {value!r}, but the list is empty; put the file in its folder and refresh (R)"
     return f"{node}: input '{name}' = {value!r} is not one of: {shown}"
+
+
+def require_choices(node: str, **checks):
+    """check_choices at run time: a ValueError with the same message (names the input and the options)."""
+    r = check_choices(node, **checks)
+    if r is not True:
+        raise ValueError(r)
 
 
 def check_choices(node: str, **checks) -> bool | str:

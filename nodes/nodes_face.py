@@ -13,7 +13,7 @@ import folder_paths
 from ..moca_model.identity import MoCAIdentity
 from ..moca_model.latents import normalize_latent
 from . import paths
-from .logic import check_choices, likeness_plot, safe_prefix
+from .logic import check_choices, likeness_plot, require_choices, safe_prefix
 from .types import MocaFaceAnalyzer, MocaId
 
 SELECT = ["largest", "left_to_right", "index"]
@@ -31,13 +31,6 @@ def _frames(name, images):
 
 
 class MoCAEncodeFace(io.ComfyNode):
-    @classmethod
-    def validate_inputs(cls, face_select, on_no_face, fusion):
-        return check_choices('MoCA Encode Face',
-                             face_select=(face_select, SELECT),
-                             on_no_face=(on_no_face, NO_FACE),
-                             fusion=(fusion, FUSION))
-
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -73,6 +66,8 @@ class MoCAEncodeFace(io.ComfyNode):
     def execute(cls, image, face_analyzer, vae, face_select, face_index, on_no_face, fusion, crop_size,
                 image_2=None, image_3=None, image_4=None):
         from ..moca_model.face import FaceNotFoundError
+        require_choices('MoCA Encode Face', face_select=(face_select, SELECT), on_no_face=(on_no_face, NO_FACE),
+                        fusion=(fusion, FUSION))
         sources = _frames("image", image)
         for name, extra in zip(EXTRA_IMAGES, (image_2, image_3, image_4)):
             sources += _frames(name, extra)
@@ -88,8 +83,10 @@ class MoCAEncodeFace(io.ComfyNode):
                     skipped.append(label)
                     pbar.update(2)
                     continue
-                raise FaceNotFoundError(f"MoCA Encode Face: no usable face in {label}: {e} Use a photo where the "
-                                        "face is visible (frontal, not tiny), or set on_no_face to 'skip'.") from e
+                raise FaceNotFoundError(f"MoCA Encode Face: no usable face in {label}: "
+                                        f"{getattr(e, 'detail', str(e))}. Use a larger, frontal, well-lit photo of the "
+                                        "face (the face about a third of the picture or more), or set on_no_face to "
+                                        "'skip' to leave this photo out.") from e
             if not torch.isfinite(face.embeddings).all():
                 raise ValueError(f"input 'face_analyzer': the ArcFace model returned NaN or infinity for {label}; its "
                                  f"recogniser file is broken ({face_analyzer.report}). Re-download the pack.")

@@ -12,7 +12,7 @@ import folder_paths
 
 from ..moca_model.checkpoint import CheckpointError, read_moca
 from . import paths
-from .logic import check_choices
+from .logic import check_choices, require_choices
 from .adapter import WEIGHT_DTYPES as ADAPTER_WEIGHT_DTYPES, build_adapter_patcher
 from .types import MocaAdapter, MocaFaceAnalyzer
 
@@ -45,9 +45,8 @@ def _moca_file(input_name: str, name: str):
 
 class MoCAAdapterLoader(io.ComfyNode):
     @classmethod
-    def validate_inputs(cls, adapter_name, weight_dtype="default"):
-        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")),
-                             weight_dtype=(weight_dtype, ADAPTER_DTYPES))
+    def validate_inputs(cls, adapter_name):
+        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")))
 
     @classmethod
     def define_schema(cls):
@@ -65,6 +64,7 @@ class MoCAAdapterLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name, weight_dtype="default"):
+        require_choices('MoCA Adapter Loader', weight_dtype=(weight_dtype, ADAPTER_DTYPES))
         _, f = _moca_file("adapter_name", adapter_name)
         return io.NodeOutput(build_adapter_patcher(f.config, f.adapter_state, os.path.basename(adapter_name),
                                                    weight_dtype))
@@ -72,11 +72,8 @@ class MoCAAdapterLoader(io.ComfyNode):
 
 class MoCADiTLoader(io.ComfyNode):
     @classmethod
-    def validate_inputs(cls, ckpt_name, weight_dtype, adapter_dtype="default"):
-        return check_choices('MoCA-DiT Loader',
-                             ckpt_name=(ckpt_name, paths.files("moca")),
-                             weight_dtype=(weight_dtype, WEIGHT_DTYPES),
-                             adapter_dtype=(adapter_dtype, ADAPTER_DTYPES))
+    def validate_inputs(cls, ckpt_name):
+        return check_choices('MoCA-DiT Loader', ckpt_name=(ckpt_name, paths.files("moca")))
 
     @classmethod
     def define_schema(cls):
@@ -96,6 +93,8 @@ class MoCADiTLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype, adapter_dtype="default"):
+        require_choices('MoCA-DiT Loader', weight_dtype=(weight_dtype, WEIGHT_DTYPES),
+                        adapter_dtype=(adapter_dtype, ADAPTER_DTYPES))
         _, f = _moca_file("ckpt_name", ckpt_name)
         if f.backbone_state is None:
             raise ValueError(f"input 'ckpt_name': {ckpt_name} is an adapter-only file; load it with MoCA Adapter Loader "

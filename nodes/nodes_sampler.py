@@ -22,7 +22,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from .logic import OFF, check_choices, latent_frames, marker_for
+from .logic import OFF, latent_frames, marker_for, require_choices
 from .patch import mark_conditioning, moca_states
 from .types import MocaId
 
@@ -76,12 +76,6 @@ def shift_model(model, shift: float):
 
 class MoCASampler(io.ComfyNode):
     @classmethod
-    def validate_inputs(cls, sampler_name, scheduler):
-        return check_choices('MoCA Sampler',
-                             sampler_name=(sampler_name, comfy.samplers.KSampler.SAMPLERS),
-                             scheduler=(scheduler, comfy.samplers.KSampler.SCHEDULERS))
-
-    @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="MoCASampler", display_name="MoCA Sampler", category="MoCA/sampling",
@@ -120,6 +114,8 @@ class MoCASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, steps, text_cfg, id_cfg, shift, seed,
                 sampler_name, scheduler, batch_size, moca_id=None):
+        require_choices('MoCA Sampler', sampler_name=(sampler_name, comfy.samplers.KSampler.SAMPLERS),
+                        scheduler=(scheduler, comfy.samplers.KSampler.SCHEDULERS))
         with_moca = bool(moca_states(model))
         if not with_moca:
             logging.warning("MoCA Sampler: input 'model' has no MoCA attached (MoCA Apply bypassed or not connected): "

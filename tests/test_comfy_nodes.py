@@ -88,3 +88,27 @@ def test_adapter_loaders_store_the_adapter_in_weight_dtype(tmp_path, option, dty
     assert ap.model.layers[0].out.weight.dtype == want
     _, ap = nodes_loaders.MoCADiTLoader.execute("fp32_dit.safetensors", "default", option).result
     assert ap.model.layers[0].experts.q.weight.dtype == want
+
+
+def test_no_face_error_names_the_input_and_gives_the_advice_once(analyzer):
+    from moca_pack.moca_model.face import FaceNotFoundError
+    blank = torch.zeros(1, 256, 256, 3)
+    with pytest.raises(FaceNotFoundError) as e:
+        nodes_face.MoCAEncodeFace.execute(_photo(), analyzer, None, "largest", 0, "error", "mean", 64, image_2=blank)
+    msg = str(e.value)
+    assert msg.startswith("MoCA Encode Face: no usable face in input 'image_2' frame 0 (256x256): no face found at "
+                          "detection sizes"), msg
+    assert msg.count("on_no_face") == 1 and msg.count("frontal") == 1 and "det_thresh" not in msg, msg
+
+
+def test_each_validate_inputs_takes_one_input_so_comfyui_reports_a_problem_once():
+    """ComfyUI repeats a failed validate_inputs for every input the function takes ('ckpt_name' was reported
+    twice); fixed-list combos are checked when the node runs instead."""
+    import inspect
+    extension = H.pack_module("nodes.extension")
+    for node in extension.NODES:
+        if "validate_inputs" in vars(node):
+            params = list(inspect.signature(node.validate_inputs).parameters)
+            assert len(params) == 1, f"{node.__name__}.validate_inputs takes {params}"
+    with pytest.raises(ValueError, match=r"MoCA Encode Face: input 'fusion' = 'median' is not one of: mean, concat"):
+        nodes_face.MoCAEncodeFace.execute(_photo(), None, None, "largest", 0, "error", "median", 64)

@@ -292,7 +292,9 @@ def test_missing_model_file_is_refused_by_validation(server):
     prompt = {k: v for k, v in prompt.items() if v["class_type"] != "MoCASaveIdentity"}
     status, body = server.post("/prompt", {"prompt": prompt})
     assert status == 400 and loader in body["node_errors"], body
-    details = " ".join(e["details"] for e in body["node_errors"][loader]["errors"])
+    errors = body["node_errors"][loader]["errors"]
+    assert len(errors) == 1, errors                                   # reported once, not once per input
+    details = errors[0]["details"]
     assert "ckpt_name" in details and "does_not_exist.safetensors" in details, details
 
 

@@ -171,22 +171,27 @@ class FaceAnalyzer:
             faces, tried = self.detect_loaded(img, det_size, det_thresh)
             if not faces:
                 thr = self.det_thresh if det_thresh is None else det_thresh
-                msg = (f"No face found in image {img.index} ({_src(img)}; {img.size[0]}x{img.size[1]}) at "
-                       f"detection sizes {', '.join(map(str, tried))} with score threshold {thr:g}.")
+                sizes = f"detection sizes {', '.join(map(str, tried))} with score threshold {thr:g}"
+                why = f"no face found at {sizes}"
+                msg = f"No face found in image {img.index} ({_src(img)}; {img.size[0]}x{img.size[1]}) at {sizes}."
                 reason = "no face"
             else:
                 ordered = order_faces(faces, select)
                 if index < len(ordered):
                     chosen.append((img, ordered[index]))
                     continue
-                msg = (f"Image {img.index} ({_src(img)}) has {len(faces)} face(s) but index {index} was asked "
-                       f"(faces are counted from 0, {'largest first' if select == 'largest' else 'from the left' if select == 'left_to_right' else 'most confident first'}).")
+                order = ('largest first' if select == 'largest' else 'from the left' if select == 'left_to_right'
+                         else 'most confident first')
+                why = f"{len(faces)} face(s) but index {index} was asked (faces are counted from 0, {order})"
+                msg = f"Image {img.index} ({_src(img)}) has {why}."
                 reason = f"{len(faces)} face(s), index {index}"
             if on_no_face == "error":
-                raise FaceNotFoundError(
+                err = FaceNotFoundError(
                     msg + " Use a larger, frontal, well-lit crop of the face (the face about a third of the "
                     "picture or more), lower det_thresh, or set on_no_face='skip' to leave this image out."
                 )
+                err.detail = why          # what went wrong, without the advice (callers add their own)
+                raise err
             skipped.append(img.index)
             reasons[str(img.index)] = reason
         if not chosen:
