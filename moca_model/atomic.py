@@ -22,6 +22,8 @@ def atomic_target(path, overwrite: bool = False, suffix: str = ".tmp"):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp (and safetensors, which replaces the file) make 0600: give it the mode open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:          # the bytes are on disk before the name points at them
             os.fsync(f.fileno())
         if path.exists() and not overwrite:  # appeared meanwhile: still never overwrite silently
@@ -31,3 +33,9 @@ def atomic_target(path, overwrite: bool = False, suffix: str = ".tmp"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)               # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
