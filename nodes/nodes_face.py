@@ -194,8 +194,6 @@ class MoCAIdentityScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, moca_id, face_analyzer, threshold):
-        from types import SimpleNamespace
-
         from ..moca_model.face import likeness_scores
         ref = moca_id.mean_embedding()
         if ref is None:
@@ -203,7 +201,7 @@ class MoCAIdentityScore(io.ComfyNode):
                              "encode it with MoCA Encode Face.")
         if frames.ndim != 4:
             raise ValueError(f"input 'frames': expected an IMAGE batch [N, H, W, C], got {list(frames.shape)}")
-        report = likeness_scores(face_analyzer, frames, SimpleNamespace(embedding=ref))
+        report = likeness_scores(face_analyzer, frames, moca_id)
         per_frame = ", ".join("none" if s is None else f"{s:.3f}" for s in report.scores)
         low = [i for i, s in enumerate(report.scores) if s is not None and s < threshold]
         summary = report.summary() + (f"; below {threshold:.2f} in {len(low)} frame(s): "

@@ -74,3 +74,13 @@ def test_works_with_a_loaded_identity(tiny_analyzer, astronaut, tmp_path):
     p = tiny_analyzer.encode(astronaut).save(tmp_path / "id.safetensors")
     r = likeness_scores(tiny_analyzer, torch.from_numpy(astronaut)[None].float() / 255, FaceIdentity.load(p))
     assert abs(r.scores[0] - 1) < 1e-5
+
+
+def test_likeness_takes_a_moca_identity_or_an_embedding(tiny_analyzer, astronaut):
+    from moca_model import MoCAIdentity
+    face = tiny_analyzer.encode(astronaut)
+    frames = torch.from_numpy(astronaut)[None].float() / 255
+    ident = MoCAIdentity(face.embeddings, None)                # what the nodes carry (MOCA_ID)
+    a = likeness_scores(tiny_analyzer, frames, face).scores
+    assert likeness_scores(tiny_analyzer, frames, ident).scores == pytest.approx(a, abs=1e-5)
+    assert likeness_scores(tiny_analyzer, frames, face.embedding).scores == pytest.approx(a, abs=1e-5)

@@ -12,7 +12,6 @@ import torch
 from . import align as A
 from .analyzer import order_faces
 from .errors import FaceOptionError
-from .identity import FaceIdentity
 from .images import load_images
 from .threads import single_thread
 
@@ -58,20 +57,36 @@ class LikenessReport:
         return self.summary()
 
 
-def likeness_scores(analyzer, frames, identity: FaceIdentity, select: str = "largest",
+def reference_embedding(identity) -> torch.Tensor:
+    """The [512] ArcFace reference of a FaceIdentity, a MoCAIdentity, or an embedding tensor."""
+    if torch.is_tensor(identity):
+        ref = identity
+    elif hasattr(identity, "mean_embedding"):            # MoCAIdentity
+        ref = identity.mean_embedding()
+        if ref is None:
+            raise FaceOptionError("this identity has no ArcFace embedding, so likeness cannot be measured")
+    else:
+        ref = identity.embedding
+    if ref.shape != (512,):
+        raise FaceOptionError(f"the reference embedding must be [512], got {list(ref.shape)}")
+    return ref
+
+
+def likeness_scores(analyzer, frames, identity, select: str = "largest",
                     det_size: int | None = None, det_thresh: float | None = None, fallback: bool = False,
                     batch_size: int = 32) -> LikenessReport:
     """Score every frame of ``frames`` (IMAGE [N, H, W, 3], or anything ``load_images`` accepts).
 
     select: ``largest`` face per frame (default) or ``best`` (the face most similar to the identity).
-    The identity's fused embedding is the reference. ``fallback`` retries smaller detector sizes on frames
-    without a face (slower; off by default because generated frames are usually face-sized).
+    ``identity``: a FaceIdentity or MoCAIdentity (its fused ArcFace embedding is the reference) or that
+    embedding itself, a [512] tensor. ``fallback`` retries smaller detector sizes on frames without a face
+    (slower; off by default because generated frames are usually face-sized).
     """
     select = str(select).lower()
     if select not in LIKENESS_SELECT:
         raise FaceOptionError(f"select={select!r} is not one of {', '.join(LIKENESS_SELECT)}.")
     loaded = load_images(frames)
-    ref = identity.embedding.float().cpu()
+    ref = reference_embedding(identity).float().cpu()
     ref = ref / ref.norm().clamp_min(1e-12)
     cand = []  # (frame, kps [5, 2], box)
     for img in loaded:
