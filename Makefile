@@ -7,17 +7,27 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.moca-installed
 
-.PHONY: test demo bench clean-venv
+.PHONY: test test-core test-comfyui demo bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
+	# insightface 2.x for the insightface-path parity tests; --no-deps because it asks for the CPU
+	# onnxruntime, which would share one module with the onnxruntime-gpu that requirements.txt installs
+	$(BIN)/python -m pip install -q --no-deps "insightface>=2,<3"
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# Core tests here, then the ComfyUI tests against ../shared/comfyui's trees (or $$COMFYUI_PATH):
+# scripts/test_comfyui.sh says how.
+test: test-core test-comfyui
+
+test-core: $(STAMP)
+	$(BIN)/python -m pytest -m "not comfyui"
+
+test-comfyui: $(STAMP)
+	PYTHON=$(PYTHON) scripts/test_comfyui.sh
 
 demo: $(STAMP)
 	$(BIN)/python -m moca_model demo --out out/demo --overwrite
@@ -26,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python -m moca_model bench
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-comfyui .comfyui
