@@ -3,7 +3,16 @@
 It holds what the IdentityTokenizer takes -- the ArcFace embeddings of R reference faces [R, 512] and the
 Wan VAE latents of their aligned crops in model space [R, 16, 1, h, w] -- plus how to fuse them, so the
 same identity can drive any adapter (tokens depend on the adapter's weights, the identity does not).
-Saved as a small safetensors file ("moca-identity"), so later runs need neither face detector nor VAE.
+Saved as a small safetensors file, so later runs need neither face detector nor VAE. There is one identity
+file format, "moca-identity" version 2, written both by MoCA Save Identity (this class) and by
+`moca_model.face.FaceIdentity.save`:
+    tensors   "arcface" [R, 512] float32, "face_latent" [R, 16, 1, h, w] (optional), "crops" [R, S, S, 3] uint8
+              (optional), "crops112" [R, 112, 112, 3] uint8 and "embedding" [512] (optional: the ArcFace crops and
+              the fused embedding, written by FaceIdentity)
+    header    "format", "format_version", "fusion" ("mean" / "concat"), "info" (JSON), and from FaceIdentity
+              "quality", "skipped", "dropped", "metadata" (JSON)
+Files of the older formats still load: "moca-identity" version 1 (the same tensors) and "moca-face-identity"
+version 1 ("embeddings" instead of "arcface").
 """
 from __future__ import annotations
 
@@ -16,7 +25,8 @@ import torch
 from .checkpoint import CheckpointError, atomic_save_safetensors, check_header, read_safetensors
 
 IDENTITY_FORMAT = "moca-identity"
-IDENTITY_FORMAT_VERSION = 1
+IDENTITY_FORMAT_VERSION = 2
+LEGACY_FACE_FORMAT = "moca-face-identity"
 FUSIONS = ("mean", "concat")
 
 
@@ -98,29 +108,35 @@ class MoCAIdentity:
 
     @classmethod
     def load(cls, path) -> "MoCAIdentity":
+        """Any identity file: this format (versions 1 and 2, whoever wrote it) or a former face identity file."""
         tensors, meta = read_safetensors(path)
         name = Path(path).name
-        check_header(meta, name, IDENTITY_FORMAT, IDENTITY_FORMAT_VERSION, "MoCA identity file",
-                     "identity files are written by MoCA Save Identity")
+        if meta.get("format") == LEGACY_FACE_FORMAT:
+            check_header(meta, name, LEGACY_FACE_FORMAT, 1, "MoCA face identity file", "")
+            arcface, fusion = tensors.get("embeddings"), ("concat" if meta.get("fusion") == "separate" else "mean")
+        else:
+            check_header(meta, name, IDENTITY_FORMAT, IDENTITY_FORMAT_VERSION, "MoCA identity file",
+                         "identity files are written by MoCA Save Identity")
+            arcface, fusion = tensors.get("arcface"), meta.get("fusion", "mean")
         crops = tensors.get("crops")
+        info = {}
+        for key in ("info", "quality", "skipped", "dropped", "metadata"):
+            if key in meta:
+                try:
+                    value = json.loads(meta[key])
+                except ValueError:
+                    continue
+                if key == "info" and isinstance(value, dict):
+                    info.update(value)
+                else:
+                    info[key] = value
         try:
-            info = json.loads(meta.get("info", "{}"))
-        except ValueError:
-            info = {}
-        try:
-            return cls(tensors.get("arcface"), tensors.get("face_latent"), meta.get("fusion", "mean"),
+            return cls(arcface, tensors.get("face_latent"), fusion,
                        None if crops is None else crops.float() / 255.0, info)
         except ValueError as e:
             raise CheckpointError(f"{name}: {e}") from e
 
 
 def load_identity(path) -> MoCAIdentity:
-    """Read either identity file: a MoCA identity (MoCA Save Identity: ArcFace + face latents) or a face
-    identity written by `moca_model.face` (ArcFace + crops, no latents: global tokens only)."""
-    from .face.identity import FORMAT as FACE_FORMAT, FaceIdentity
-    _, meta = read_safetensors(path)
-    if meta.get("format") == FACE_FORMAT:
-        face = FaceIdentity.load(path)
-        return MoCAIdentity(face.embeddings, None, "concat" if face.fusion == "separate" else "mean",
-                            face.crops, {"source": str(path), "faces": face.info()})
+    """Read any identity file (see the module docstring); the same as MoCAIdentity.load."""
     return MoCAIdentity.load(path)

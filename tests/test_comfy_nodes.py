@@ -112,3 +112,14 @@ def test_each_validate_inputs_takes_one_input_so_comfyui_reports_a_problem_once(
             assert len(params) == 1, f"{node.__name__}.validate_inputs takes {params}"
     with pytest.raises(ValueError, match=r"MoCA Encode Face: input 'fusion' = 'median' is not one of: mean, concat"):
         nodes_face.MoCAEncodeFace.execute(_photo(), None, None, "largest", 0, "error", "median", 64)
+
+
+def test_load_identity_reads_face_identity_files(tmp_path, analyzer):
+    """MoCA Load Identity reads the identity files FaceIdentity.save writes (and the former face format)."""
+    H.pack_module("nodes.paths").register_folders()
+    folder_paths.add_model_folder_path("moca_identities", str(tmp_path))
+    face = analyzer.encode(_photo())
+    face.save(tmp_path / "from_python.safetensors")
+    ident, crops, info = nodes_face.MoCALoadIdentity.execute("from_python.safetensors").result
+    assert torch.equal(ident.arcface, face.embeddings.float()) and ident.face_latent is None
+    assert crops.shape == face.crops.shape and "1 reference(s)" in info

@@ -115,11 +115,11 @@ def test_missing_tensor_and_bad_shapes(ident, tmp_path):
     with pytest.raises(FaceIdentityFileError, match="lacks the tensors crops"):
         FaceIdentity.load(p)
     p = ident.save(tmp_path / "b.safetensors")
-    _rewrite(p, tensors_update={"embeddings": torch.zeros(2, 128)})
+    _rewrite(p, tensors_update={"arcface": torch.zeros(2, 128)})
     with pytest.raises(FaceIdentityFileError, match=r"embeddings has shape \[2, 128\], expected \[R>=1, 512\]"):
         FaceIdentity.load(p)
     p = ident.save(tmp_path / "c.safetensors")
-    _rewrite(p, tensors_update={"embedding": torch.full((512,), float("nan"))})
+    _rewrite(p, tensors_update={"arcface": torch.full((2, 512), float("nan"))})
     with pytest.raises(FaceIdentityFileError, match="NaN"):
         FaceIdentity.load(p)
     p = ident.save(tmp_path / "d.safetensors")

@@ -1,7 +1,9 @@
 """``FaceIdentity``: the encoded reference faces, and its small safetensors file.
 
-A saved identity holds everything later runs need (ArcFace embeddings, the fused embedding, the aligned
-112 crops and the larger local crops, per-face quality, metadata), so they need no detector. Crops are
+A saved identity holds everything later runs need (ArcFace embeddings, the aligned 112 crops and the larger
+local crops, per-face quality, metadata), so they need no detector. It is the one MoCA identity file format
+(``moca-identity``, see ``moca_model.identity``): MoCA Save Identity writes the same file, with face-crop
+latents and without the 112 crops. Files of the former ``moca-face-identity`` format still load. Crops are
 stored as uint8 to keep the file small (about 0.25 MB per reference at the default 256 px crop). Writes are
 atomic (temp file in the same folder, then ``os.replace``) and never overwrite unless asked.
 """
@@ -18,10 +20,18 @@ from ..atomic import atomic_target
 from .errors import FaceIdentityFileError, FaceIdentityNotFoundError
 from .quality import FaceQuality
 
-FORMAT = "moca-face-identity"
-FORMAT_VERSION = 1
+FORMAT = "moca-identity"                 # the one identity format (moca_model.identity.IDENTITY_FORMAT)
+FORMAT_VERSION = 2
+LEGACY_FORMAT = "moca-face-identity"     # version 1, written before the formats were merged: still read
 EMBED_DIM = 512
-_TENSORS = ("embeddings", "embedding", "crops112", "crops")
+_TENSORS = ("arcface", "crops112", "crops")   # + "embedding" (the fused one), recomputed when absent
+_LEGACY_TENSORS = ("embeddings", "embedding", "crops112", "crops")
+
+
+def fused_embedding(embeddings: torch.Tensor) -> torch.Tensor:
+    """The references' mean embedding, re-normalised [512] (what ``FaceIdentity.embedding`` holds)."""
+    e = torch.nn.functional.normalize(embeddings.float(), dim=-1).mean(0)
+    return e / e.norm().clamp_min(1e-12)
 
 
 def _uint8(x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +140,7 @@ class FaceIdentity:
 
         path = Path(os.path.expanduser(str(path)))
         tensors = {
-            "embeddings": self.embeddings.detach().float().cpu().contiguous(),
+            "arcface": self.embeddings.detach().float().cpu().contiguous(),
             "embedding": self.embedding.detach().float().cpu().contiguous(),
             "crops112": _uint8(self.crops112),
             "crops": _uint8(self.crops),
@@ -138,7 +148,8 @@ class FaceIdentity:
         meta = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
-            "fusion": self.fusion,
+            "fusion": "concat" if self.fusion == "separate" else "mean",     # the identity file's names
+            "info": json.dumps({"source": "moca_model.face", "pack": self.metadata.get("pack")}, default=str),
             "quality": json.dumps([q.as_dict() for q in self.quality]),
             "skipped": json.dumps([int(i) for i in self.skipped]),
             "dropped": json.dumps(self.dropped),
@@ -165,12 +176,13 @@ class FaceIdentity:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 keys = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in keys if k in _TENSORS}
+                tensors = {k: f.get_tensor(k) for k in keys if k in _TENSORS + _LEGACY_TENSORS}
         except Exception as e:
             raise FaceIdentityFileError(
                 f"{path} is not a readable safetensors file (truncated or corrupt: {type(e).__name__}: {e}). {fix}"
             ) from e
-        if meta.get("format") != FORMAT:
+        legacy = meta.get("format") == LEGACY_FORMAT
+        if meta.get("format") != FORMAT and not legacy:
             raise FaceIdentityFileError(
                 f"{path} is a safetensors file but not a MoCA face identity (format "
                 f"{meta.get('format')!r}, tensors: {', '.join(sorted(keys)[:6]) or 'none'}). Did you pick a model "
@@ -180,14 +192,19 @@ class FaceIdentity:
             version = int(meta.get("format_version", "0"))
         except ValueError:
             version = -1
-        if version > FORMAT_VERSION:
+        if version > (1 if legacy else FORMAT_VERSION):
             raise FaceIdentityFileError(
                 f"{path} was written by a newer MoCA (identity format {version}, this version reads up to "
                 f"{FORMAT_VERSION}). Update ComfyUI-MoCA."
             )
         if version < 1:
             raise FaceIdentityFileError(f"{path} has an invalid identity format version {meta.get('format_version')!r}. {fix}")
-        missing = [k for k in _TENSORS if k not in tensors]
+        missing = [k for k in (_LEGACY_TENSORS if legacy else _TENSORS) if k not in tensors]
+        if missing == ["crops112"] and not legacy:
+            raise FaceIdentityFileError(
+                f"{path} is a MoCA identity without the 112 px ArcFace crops (MoCA Save Identity writes it so): load "
+                "it with moca_model.load_identity, or encode the reference photos with FaceAnalyzer to get a "
+                "FaceIdentity.")
         if missing:
             raise FaceIdentityFileError(f"{path} lacks the tensors {', '.join(missing)}. {fix}")
         try:
@@ -201,9 +218,17 @@ class FaceIdentity:
         def img(t):
             return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
+        if legacy:
+            embeddings, embedding = tensors["embeddings"].float(), tensors["embedding"].float()
+            fusion = meta.get("fusion", "mean")
+        else:
+            embeddings = tensors["arcface"].float()
+            embedding = tensors["embedding"].float() if "embedding" in tensors else \
+                fused_embedding(embeddings) if embeddings.ndim == 2 else embeddings.new_zeros(0)
+            fusion = "separate" if meta.get("fusion") == "concat" else "mean"
         try:
-            ident = cls(tensors["embeddings"].float(), tensors["embedding"].float(), img(tensors["crops112"]),
-                        img(tensors["crops"]), quality, skipped, dropped, meta.get("fusion", "mean"), metadata)
+            ident = cls(embeddings, embedding, img(tensors["crops112"]), img(tensors["crops"]), quality, skipped,
+                        dropped, fusion, metadata)
         except FaceIdentityFileError as e:
             raise FaceIdentityFileError(f"{path}: {e} {fix}") from e
         return ident.to(device) if device is not None else ident
