@@ -46,7 +46,7 @@ def _moca_file(input_name: str, name: str):
 class MoCAAdapterLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, adapter_name):
-        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.files("moca")))
+        return check_choices('MoCA Adapter Loader', adapter_name=(adapter_name, paths.moca_files()))
 
     @classmethod
     def define_schema(cls):
@@ -55,7 +55,7 @@ class MoCAAdapterLoader(io.ComfyNode):
             description="Loads a MoCA identity adapter (every block's mixture of cross-attention experts and the "
                         "identity tokenizer) from models/moca. Combine it with a native Wan 2.1 T2V model in MoCA Apply. "
                         "ComfyUI's model manager loads and offloads it together with the model.",
-            inputs=[io.Combo.Input("adapter_name", options=paths.files("moca"),
+            inputs=[io.Combo.Input("adapter_name", options=paths.moca_files(),
                                    tooltip="A .safetensors MoCA adapter (or combined MoCA-DiT file, whose adapter part "
                                            "is used) in models/moca or a 'moca:' folder of extra_model_paths.yaml."),
                     adapter_dtype_input("weight_dtype")],
@@ -73,7 +73,7 @@ class MoCAAdapterLoader(io.ComfyNode):
 class MoCADiTLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, ckpt_name):
-        return check_choices('MoCA-DiT Loader', ckpt_name=(ckpt_name, paths.files("moca")))
+        return check_choices('MoCA-DiT Loader', ckpt_name=(ckpt_name, paths.moca_files()))
 
     @classmethod
     def define_schema(cls):
@@ -82,7 +82,7 @@ class MoCADiTLoader(io.ComfyNode):
             description="Loads a combined MoCA-DiT checkpoint (Wan 2.1 T2V backbone + MoCA adapter in one file, as "
                         "train_moca.py writes it). The backbone goes through ComfyUI's own diffusion-model loader, so "
                         "it is the native Wan model with all its optimisations; the adapter comes out separately.",
-            inputs=[io.Combo.Input("ckpt_name", options=paths.files("moca"),
+            inputs=[io.Combo.Input("ckpt_name", options=paths.moca_files(),
                                    tooltip="A combined MoCA-DiT .safetensors file in models/moca."),
                     io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
                                    tooltip="Storage dtype of the backbone weights, as in Load Diffusion Model "

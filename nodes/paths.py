@@ -11,6 +11,8 @@ import os
 
 import folder_paths
 
+from ..moca_model.checkpoint import FORMAT as MOCA_FORMAT
+
 SAFETENSORS = {".safetensors"}
 
 
@@ -39,6 +41,44 @@ def register_folders():
 
 def files(key: str) -> list[str]:
     return folder_paths.get_filename_list(key)
+
+
+def moca_files() -> list[str]:
+    """The files of models/moca a MoCA loader can use: a safetensors file whose header names another format
+    (the trainer's `_lora.safetensors`, meant for LoraLoaderModelOnly; an identity file) is left out. Files
+    without a readable header stay listed, so the loader's error says what is wrong with them."""
+    out = []
+    for name in files("moca"):
+        path = folder_paths.get_full_path("moca", name)
+        fmt = _header_format(path) if path else None
+        if fmt is None or fmt == MOCA_FORMAT:
+            out.append(name)
+    return out
+
+
+_HEADER_CACHE: dict = {}
+
+
+def _header_format(path: str):
+    """The "format" entry of a safetensors header (None when unreadable or absent), cached by mtime and size."""
+    import json
+    import struct
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _HEADER_CACHE:
+        fmt = None
+        try:
+            with open(path, "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                if 0 < n <= 100_000_000:
+                    fmt = (json.loads(f.read(n)).get("__metadata__") or {}).get("format")
+        except (OSError, ValueError, struct.error):
+            fmt = None
+        _HEADER_CACHE[key] = fmt
+    return _HEADER_CACHE[key]
 
 
 def insightface_roots() -> list[str]:

@@ -123,3 +123,19 @@ def test_load_identity_reads_face_identity_files(tmp_path, analyzer):
     ident, crops, info = nodes_face.MoCALoadIdentity.execute("from_python.safetensors").result
     assert torch.equal(ident.arcface, face.embeddings.float()) and ident.face_latent is None
     assert crops.shape == face.crops.shape and "1 reference(s)" in info
+
+
+def test_adapter_list_leaves_out_the_trainers_lora_file(tmp_path):
+    paths = H.pack_module("nodes.paths")
+    paths.register_folders()
+    folder_paths.add_model_folder_path("moca", str(tmp_path))
+    ref = H.tiny_moca()
+    mm.save_moca(tmp_path / "me.safetensors", ref.adapter)
+    # what train_moca.py writes beside the adapter with trainable = "lora" (training/export.py)
+    from moca_pack.moca_model.checkpoint import atomic_save_safetensors
+    atomic_save_safetensors({"diffusion_model.blocks.0.ffn.0.lora_down.weight": torch.zeros(4, 256)},
+                            tmp_path / "me_lora.safetensors", {"format": "comfyui-lora", "moca_adapter": "me.safetensors"})
+    (tmp_path / "not_downloaded_yet.safetensors").touch()              # no header: listed, the loader explains
+    listed = paths.moca_files()
+    assert "me.safetensors" in listed and "not_downloaded_yet.safetensors" in listed
+    assert "me_lora.safetensors" not in listed and "me_lora.safetensors" in paths.files("moca")
