@@ -21,16 +21,13 @@ IDENTITY_MODES = ("with identity", "without identity")
 
 
 # ---------------------------------------------------------------------------------------------- options
-def make_pooling(enabled: dict, weights: dict) -> dict:
-    """MOCA_POOLING: {"scale_enabled": {name: bool}, "scale_weights": {name: float}}."""
-    for name, w in weights.items():
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise ValueError(f"MoCA Temporal Pooling: weight_{name} must be a number >= 0, got {w!r}")
+def make_pooling(enabled: dict) -> dict:
+    """MOCA_POOLING: {"scale_enabled": {name: bool}}. How much each scale's expert counts is MoCA Expert
+    Mixing's gain_* (one multiplier per expert, set in one place)."""
     if not any(enabled.values()):
         raise ValueError("MoCA Temporal Pooling: every scale is disabled. Enable at least one scale "
                          "(scale_1 is the frame-level expert), or set identity strength to 0 in MoCA Expert Mixing.")
-    return {"scale_enabled": {str(k): bool(v) for k, v in enabled.items()},
-            "scale_weights": {str(k): float(v) for k, v in weights.items()}}
+    return {"scale_enabled": {str(k): bool(v) for k, v in enabled.items()}}
 
 
 def make_mixing(strength=1.0, temperature=1.0, top_k=0, gains=None, start_percent=0.0, end_percent=1.0) -> dict:
@@ -68,10 +65,9 @@ def build_options(config: MoCAConfig, pooling: dict | None, mixing: dict | None)
         return out
 
     enabled = keep("temporal pooling", pooling.get("scale_enabled", {}), True)
-    weights = keep("temporal pooling weight", pooling.get("scale_weights", {}), 1.0)
     gains = keep("expert mixing gain", mixing.get("gains", {}), 1.0)
     expert_gains = tuple(float(gains.get(n, 1.0)) for n in names) if gains else ()
-    opts = MoCAOptions(strength=mixing.get("strength", 1.0), scale_enabled=enabled, scale_weights=weights,
+    opts = MoCAOptions(strength=mixing.get("strength", 1.0), scale_enabled=enabled,
                        temperature=mixing.get("temperature", 1.0), top_k=mixing.get("top_k", 0),
                        expert_gains=expert_gains)
     try:

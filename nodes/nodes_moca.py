@@ -21,21 +21,17 @@ class MoCATemporalPooling(io.ComfyNode):
         for s in SCALE_NAMES:
             inputs.append(io.Boolean.Input(f"scale_{s}", default=True,
                                            tooltip=f"Enable the expert that pools over {SCALE_HELP[s]}."))
-            inputs.append(io.Float.Input(f"weight_{s}", default=1.0, min=0.0, max=4.0, step=0.05,
-                                         tooltip=f"Weight of the scale-{s} expert's output (1 = as trained)."))
         return io.Schema(
             node_id="MoCATemporalPooling", display_name="MoCA Temporal Pooling", category="MoCA/settings",
-            description="Hierarchical temporal pooling: which time scales the identity experts work at, and how much "
-                        "each counts. Disabled experts are dropped from the router's mix. Scales an adapter was not "
-                        "trained with are ignored while left at their defaults.",
+            description="Hierarchical temporal pooling: which time scales the identity experts work at. Disabled "
+                        "experts are dropped from the router's mix (how much each counts: MoCA Expert Mixing's "
+                        "gains). Scales an adapter was not trained with are ignored while left on.",
             inputs=inputs,
             outputs=[MocaPooling.Output(display_name="moca_pooling", tooltip="For MoCA Apply's moca_pooling input.")])
 
     @classmethod
     def execute(cls, **kw):
-        enabled = {s: kw[f"scale_{s}"] for s in SCALE_NAMES}
-        weights = {s: kw[f"weight_{s}"] for s in SCALE_NAMES}
-        return io.NodeOutput(make_pooling(enabled, weights))
+        return io.NodeOutput(make_pooling({s: kw[f"scale_{s}"] for s in SCALE_NAMES}))
 
 
 class MoCAExpertMixing(io.ComfyNode):

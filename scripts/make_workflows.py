@@ -1,4 +1,4 @@
-"""Writes workflows/*.json (UI format, for ComfyUI's template browser) and workflows/api/*.json (API format)
+"""Writes example_workflows/*.json (UI format, for ComfyUI's template browser) and example_workflows/api/*.json (API format)
 from the graph definitions below -- the one source of truth for every shipped workflow.
 
     python scripts/make_workflows.py           # rewrite the files
@@ -82,7 +82,7 @@ WIDGETS = {
     "MoCAFaceAnalyzerLoader": ["pack", "provider", "det_size"],
     "MoCAEncodeFace": ["face_select", "face_index", "on_no_face", "fusion", "crop_size"],
     "MoCASaveIdentity": ["filename_prefix"], "MoCALoadIdentity": ["identity_file"],
-    "MoCATemporalPooling": ["scale_1", "weight_1", "scale_2", "weight_2", "scale_4", "weight_4", "scale_T", "weight_T"],
+    "MoCATemporalPooling": ["scale_1", "scale_2", "scale_4", "scale_T"],
     "MoCAExpertMixing": ["identity_strength", "router_temperature", "top_k", "gain_1", "gain_2", "gain_4", "gain_T",
                          "start_percent", "end_percent"],
     "MoCAApply": ["apply_to"], "MoCAIdentityConditioning": ["identity"],
@@ -221,7 +221,7 @@ def dual_guidance() -> Graph:
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
     ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(1, 3))
-    pool = g.add("MoCATemporalPooling", [True, 1.0, True, 1.0, True, 1.0, True, 1.0], pos=(2, 0), size=[340, 280])
+    pool = g.add("MoCATemporalPooling", [True, True, True, True], pos=(2, 0), size=[340, 280])
     mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.9], pos=(2, 1), size=[340, 300])
     app = g.add("MoCAApply", ["marked conditioning only"], pos=(2, 2),
                 inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0),
@@ -308,7 +308,7 @@ def smoke() -> Graph:
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
     pos = g.add("MoCALoadTextEmbeds", [SMOKE_POS])
     neg = g.add("MoCALoadTextEmbeds", [SMOKE_NEG])
-    pool = g.add("MoCATemporalPooling", [True, 1.0, True, 1.0, True, 1.0, True, 1.0])
+    pool = g.add("MoCATemporalPooling", [True, True, True, True])
     mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
     app = g.add("MoCAApply", ["all"], inputs={"model": (dit, 0), "moca_adapter": (dit, 1), "moca_id": (enc, 0),
                                               "moca_pooling": (pool, 0), "moca_mixing": (mix, 0)})
@@ -325,8 +325,8 @@ UI_GRAPHS = (basic, dual_guidance, fuse_references, likeness_qa)
 
 
 def outputs() -> dict[Path, dict]:
-    files = {ROOT / "workflows" / f"{g().name}.json": g().ui() for g in UI_GRAPHS}
-    files[ROOT / "workflows" / "api" / "moca_smoke_cpu_api.json"] = smoke().api()
+    files = {ROOT / "example_workflows" / f"{g().name}.json": g().ui() for g in UI_GRAPHS}
+    files[ROOT / "example_workflows" / "api" / "moca_smoke_cpu_api.json"] = smoke().api()
     return files
 
 

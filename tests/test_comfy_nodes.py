@@ -139,3 +139,13 @@ def test_adapter_list_leaves_out_the_trainers_lora_file(tmp_path):
     listed = paths.moca_files()
     assert "me.safetensors" in listed and "not_downloaded_yet.safetensors" in listed
     assert "me_lora.safetensors" not in listed and "me_lora.safetensors" in paths.files("moca")
+
+
+def test_each_expert_has_one_multiplier_the_mixing_gain():
+    """Temporal Pooling turns scales on and off; Expert Mixing's gain_* is the one per-expert multiplier (the
+    pooling node's weight_* was the same multiplier a second time)."""
+    nodes_moca = H.pack_module("nodes.nodes_moca")
+    pooling = [i.id for i in nodes_moca.MoCATemporalPooling.define_schema().inputs]
+    mixing = [i.id for i in nodes_moca.MoCAExpertMixing.define_schema().inputs]
+    assert pooling == ["scale_1", "scale_2", "scale_4", "scale_T"]
+    assert [n for n in mixing if n.startswith("gain_")] == ["gain_1", "gain_2", "gain_4", "gain_T"]

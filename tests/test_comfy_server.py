@@ -23,8 +23,8 @@ MOCA_NODES = ["MoCAAdapterLoader", "MoCADiTLoader", "MoCAFaceAnalyzerLoader", "M
               "MoCASampler", "MoCASaveTextEmbeds", "MoCALoadTextEmbeds", "MoCAIdentityScore", "MoCASaveTrainingSample"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-SMOKE = H.REPO / "workflows" / "api" / "moca_smoke_cpu_api.json"
-UI_WORKFLOWS = sorted((H.REPO / "workflows").glob("*.json"))
+SMOKE = H.REPO / "example_workflows" / "api" / "moca_smoke_cpu_api.json"
+UI_WORKFLOWS = sorted((H.REPO / "example_workflows").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,10 @@ def test_moca_folder_comes_from_extra_model_paths_and_lists_safetensors_only(obj
 def test_templates_are_listed(server):
     templates = server.get("/workflow_templates")
     listed = templates.get("ComfyUI-MoCA", [])
-    assert sorted(listed) == sorted(p.stem for p in UI_WORKFLOWS), templates
+    assert UI_WORKFLOWS and sorted(listed) == sorted(p.stem for p in UI_WORKFLOWS), templates
+    # the folder ComfyUI expects: any other name it still serves, with a warning to rename it
+    assert not [ln for ln in server.tail(200000).splitlines() if "consider renaming it to 'example_workflows'" in ln
+                and "ComfyUI-MoCA" in ln]
 
 
 def test_workflow_files_are_generated_from_their_source():

@@ -32,28 +32,27 @@ def test_importing_the_pack_is_cheap_and_needs_no_comfyui():
 
 
 def test_pooling_and_mixing_become_adapter_options():
-    pooling = logic.make_pooling({"1": True, "2": False, "4": True, "T": True}, {"1": 1.0, "2": 1.0, "4": 0.5, "T": 2.0})
-    mixing = logic.make_mixing(0.7, 2.0, 1, {"1": 1.5, "2": 1.0, "4": 1.0, "T": 1.0}, 0.1, 0.8)
+    pooling = logic.make_pooling({"1": True, "2": False, "4": True, "T": True})
+    mixing = logic.make_mixing(0.7, 2.0, 1, {"1": 1.5, "2": 1.0, "4": 0.5, "T": 2.0}, 0.1, 0.8)
     opts, start, end = logic.build_options(CFG, pooling, mixing)
     r = opts.resolve(CFG)
     assert (start, end) == (0.1, 0.8)
     assert r.strength == 0.7 and r.temperature == 2.0 and r.top_k == 1
     assert r.experts == (0, 2, 3)                                  # scale 2 disabled
-    assert r.expert_weight == pytest.approx((1.5, 0.5, 2.0))       # weight x gain per enabled expert
+    assert r.expert_weight == pytest.approx((1.5, 0.5, 2.0))       # the gain of each enabled expert
 
 
 def test_defaults_for_missing_scales_are_ignored_but_changes_are_errors():
     cfg = mm.MoCAConfig.preset("tiny", scales=(1, 0))
-    pooling = logic.make_pooling({"1": True, "2": True, "4": True, "T": True}, {"1": 1.0, "2": 1.0, "4": 1.0, "T": 1.0})
+    pooling = logic.make_pooling({"1": True, "2": True, "4": True, "T": True})
     opts, _, _ = logic.build_options(cfg, pooling, None)
     assert opts.resolve(cfg).experts == (0, 1)
-    pooling["scale_weights"]["4"] = 0.3
     with pytest.raises(ValueError, match="scale 4 .* only has the temporal scales"):
-        logic.build_options(cfg, pooling, None)
+        logic.build_options(cfg, pooling, logic.make_mixing(gains={"1": 1.0, "2": 1.0, "4": 0.3, "T": 1.0}))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: logic.make_pooling({"1": False, "2": False, "4": False, "T": False}, {}), "every scale is disabled"),
+    (lambda: logic.make_pooling({"1": False, "2": False, "4": False, "T": False}), "every scale is disabled"),
     (lambda: logic.make_mixing(start_percent=0.8, end_percent=0.2), "start_percent <= end_percent"),
     (lambda: logic.make_mixing(temperature=0.0), "router_temperature must be > 0"),
 ])
@@ -137,7 +136,7 @@ def test_workflows_are_up_to_date_and_carry_model_notes():
     out = subprocess.run([sys.executable, str(H.REPO / "scripts" / "make_workflows.py"), "--check"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    for path in (H.REPO / "workflows").glob("*.json"):
+    for path in (H.REPO / "example_workflows").glob("*.json"):
         wf = json.loads(path.read_text())
         notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]
         assert notes and "models/" in notes[0], path.name
@@ -146,5 +145,5 @@ def test_workflows_are_up_to_date_and_carry_model_notes():
         for n in wf["nodes"]:
             for m in n.get("properties", {}).get("models", []):
                 assert m["url"].startswith("https://huggingface.co/Comfy-Org/") and m["directory"], m
-    api = json.loads((H.REPO / "workflows" / "api" / "moca_smoke_cpu_api.json").read_text())
+    api = json.loads((H.REPO / "example_workflows" / "api" / "moca_smoke_cpu_api.json").read_text())
     assert all("class_type" in v and "inputs" in v for v in api.values())
