@@ -55,7 +55,7 @@ def test_shard_reader_refuses_a_nan_shard_written_before_the_check(tmp_path):
         read_shard(path)
 
 
-def test_cache_command_skips_clips_whose_latents_are_not_finite(manifest, tmp_path):
+def test_cache_command_skips_clips_whose_latents_are_not_finite(manifest, tmp_path):  # noqa: F811 (fixture)
     import json
 
     from test_train_cache import PoolVideoEncoder, _cacher
