@@ -1,6 +1,6 @@
 import torch
 
-from moca_model.toy.text import END_TOKEN, MAX_TOKENS, TEXT_DIM, ToyTextEncoder, tokenize, word_vector
+from moca_model.toy.text import END_TOKEN, MAX_TOKENS, TEXT_DIM, TEXT_LEN, ToyTextEncoder, tokenize, word_vector
 
 
 def test_encoding_is_a_fixed_word_table():
@@ -21,5 +21,7 @@ def test_empty_and_long_prompts():
     assert empty.shape == (1, TEXT_DIM) and torch.equal(empty[0], word_vector(END_TOKEN))
     (long,) = enc.encode(["word " * 2000])
     assert long.shape == (MAX_TOKENS, TEXT_DIM)
-    assert enc("a person smiles").shape == (1, 4, TEXT_DIM)
+    padded = enc("a person smiles")
+    assert padded.shape == (1, TEXT_LEN, TEXT_DIM) and torch.equal(padded[0, :4], enc.encode(["a person smiles"])[0])
+    assert not padded[0, 4:].any()
     assert tokenize("Zoom-in, 2 people!") == ["zoom", "in", "2", "people"]

@@ -9,7 +9,9 @@ vector, drawn from a generator seeded by the word's SHA-256, and an end vector c
 world never uses, gets a vector, so every prompt runs - but only the world's words mean anything to the
 toy backbone, which learns them from the captions it is trained on.
 
-Word order is not encoded (a bag of words): the world's captions never need it.
+Word order is not encoded (a bag of words): the world's captions never need it. The toy backbone and
+adapter were trained on states zero-padded to TEXT_LEN = 32 tokens, so inference pads the same way
+(`pad_text`, `ToyTextEncoder.__call__`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 TEXT_DIM = 4096          # Wan's text width (umT5-XXL)
 MAX_TOKENS = 512         # Wan's text length
+TEXT_LEN = 32            # the toy models' padded length (toy captions are < 32 words; Wan pads to 512)
 END_TOKEN = "</s>"
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -51,5 +54,12 @@ class ToyTextEncoder:
         return out
 
     def __call__(self, text: str) -> torch.Tensor:
-        """One prompt -> [1, L, 4096] (batch of one, as the sampler takes it)."""
-        return self.encode([text])[0][None]
+        """One prompt -> [1, TEXT_LEN, 4096], zero-padded as the toy models were trained (batch of one)."""
+        return pad_text(self.encode([text])[0])[None]
+
+
+def pad_text(t: torch.Tensor, length: int = TEXT_LEN) -> torch.Tensor:
+    """[L, D] -> [length, D], zero-padded (or cut) as Wan pads umT5 states."""
+    out = t.new_zeros(length, t.shape[-1])
+    out[: min(length, t.shape[0])] = t[:length]
+    return out
