@@ -316,30 +316,35 @@ def _nose(g: Geo, cv: Canvas):
 def _mouth(g: Geo, cv: Canvas) -> np.ndarray:
     p, pose = g.p, g.pose
     sm, op = float(np.clip(pose.smile, 0, 1)), float(np.clip(pose.mouth_open, 0, 1))
-    mw = p.mouth_width * (1 + 0.12 * sm - 0.18 * op)
     my = g.mouth_y
-    yc = my - 0.08 * sm                                   # corners rise with the smile
+    mw = min(p.mouth_width, 0.7 * _jaw_half_width(g, my)) * (1 + 0.15 * sm - 0.18 * op)
+    yc = my - 0.13 * sm                                   # corners rise with the smile
+    gap = max(op, 0.5 * sm - 0.15)                        # open mouth, or a toothy grin
     t = np.linspace(-1, 1, 15)
     x = mw * t
 
     def curve(mid):
         return yc + (mid - yc) * (1 - t * t)
 
-    upper = curve(my - 0.035 + 0.02 * sm)
-    lower = curve(my + 0.045 + 0.05 * sm + 0.30 * op)
+    upper = curve(my - 0.05 + 0.03 * sm)
+    lower = curve(my + 0.065 + 0.08 * sm + 0.30 * gap)
     dz = 0.03
-    outer = np.concatenate([g.p3(x, upper, dz), g.p3(x, lower, dz)[::-1]])
-    cv.poly(outer, p.lips, outline=_shade(p.lips, 0.7), width=0.015 * g.u)
-    if op > 0.08:
-        xi = 0.85 * x
-        iu = curve(my - 0.005 + 0.03 * sm)[1:-1]
-        il = curve(my + 0.02 + 0.04 * sm + 0.26 * op)[1:-1]
-        cv.poly(np.concatenate([g.p3(xi[1:-1], iu, dz), g.p3(xi[1:-1], il, dz)[::-1]]), (80, 14, 24))
-        teeth = curve(my + 0.015 + 0.03 * sm + 0.06 * op)[1:-1]
-        cv.poly(np.concatenate([g.p3(xi[1:-1], iu, dz), g.p3(xi[1:-1], teeth, dz)[::-1]]), (245, 245, 240))
+    line = _mix(p.lips, (8, 4, 6), 0.85)
+    cv.poly(np.concatenate([g.p3(x, upper, dz), g.p3(x, lower, dz)[::-1]]), p.lips,
+            outline=_mix(p.lips, DARK, 0.45), width=0.018 * g.u)
+    if gap > 0.05:
+        xi = 0.88 * x[1:-1]
+        iu = curve(my - 0.01 + 0.04 * sm)[1:-1]
+        il = curve(my + 0.015 + 0.07 * sm + 0.26 * gap)[1:-1]
+        cv.poly(np.concatenate([g.p3(xi, iu, dz), g.p3(xi, il, dz)[::-1]]), (80, 14, 24))
+        teeth = iu + (il - iu) * (0.35 + 0.3 * sm * (1 - op))
+        cv.poly(np.concatenate([g.p3(xi, iu, dz), g.p3(xi, teeth, dz)[::-1]]), (245, 245, 240))
     else:
-        cv.line(g.p3(x, curve(my + 0.005 + 0.04 * sm), dz), _shade(p.lips, 0.45), max(0.5, 0.022 * g.u))
-    return g.p3(np.array([-mw, mw]), np.array([yc, yc]), dz)
+        cv.line(g.p3(x, curve(my + 0.005 + 0.06 * sm), dz), line, max(0.6, 0.026 * g.u))
+    corners = g.p3(np.array([-mw, mw]), np.array([yc, yc]), dz)
+    for c in corners:                                     # dimples mark the corners
+        cv.dot(c, max(0.6, 0.028 * g.u), line)
+    return corners
 
 
 def _beard(g: Geo, cv: Canvas, label):
