@@ -114,7 +114,7 @@ class Person:
             eye_colour=EYE_COLOURS[eye_name], eye_colour_name=eye_name,
             eye_spacing=jit(pick((0.31, 0.38, 0.45)), 0.012), eye_size=jit(pick((0.125, 0.155, 0.185)), 0.006),
             eye_aspect=jit(pick((0.62, 0.8, 0.98)), 0.03),
-            brow_thickness=jit(pick((0.045, 0.07, 0.10)), 0.005), brow_angle=jit(pick((-0.09, 0.0, 0.09)), 0.01),
+            brow_thickness=jit(pick((0.045, 0.07, 0.10)), 0.005), brow_angle=jit(pick((-0.06, 0.02, 0.1)), 0.01),
             brow_colour=brow,
             nose_shape=pick(NOSE_SHAPES), nose_size=jit(pick((0.8, 1.08, 1.36)), 0.04),
             mouth_width=jit(pick((0.25, 0.34, 0.43)), 0.01), lips=LIP_COLOURS[lips_name], lips_name=lips_name,
@@ -141,7 +141,7 @@ class Pose:
     yaw: float = 0.0          # radians; > 0 turns the face towards image right
     pitch: float = 0.0        # radians; > 0 looks down
     roll: float = 0.0         # radians; in-plane rotation about the face-box centre
-    cx: float = 0.5           # face-box centre, fraction of the frame width / height
+    cx: float = 0.5           # face-box centre at pitch 0, fraction of the frame width / height
     cy: float = 0.5
     scale: float = 0.55       # face-box width (cheek to cheek) as a fraction of the frame width
     smile: float = 0.0        # expression in [0, 1]

@@ -70,6 +70,8 @@ class Geo:
         cr, sr = cos(pose.roll), sin(pose.roll)
         self.rot = np.array([[cr, -sr], [sr, cr]])
         self.cyw, self.syw, self.cp, self.sp = cos(pose.yaw), sin(pose.yaw), cos(pose.pitch), sin(pose.pitch)
+        self.c_body = self.c.copy()
+        self.c = self.c + self.u * self.rot @ (0.0, 0.2 * self.sp)   # a nod also dips the whole head
         H = h - self.top                            # feature heights from the face-box fractions
         self.eye_y = self.top + person.eye_y * H
         self.nose_y = self.top + person.nose_y * H
@@ -78,9 +80,9 @@ class Geo:
     def px(self, xy, roll=True) -> np.ndarray:
         """Local 2-D points [N, 2] (already projected) -> pixels [N, 2]."""
         q = np.asarray(xy, np.float64).reshape(-1, 2) - (0.0, self.yc)
-        if roll:
-            q = q @ self.rot.T
-        return self.c + self.u * q
+        if not roll:                                # the body: no roll, no nod
+            return self.c_body + self.u * q
+        return self.c + self.u * (q @ self.rot.T)
 
     def depth(self, x, y):
         return np.sqrt(np.clip(1 - x * x - (y / self.h) ** 2, 0, 1))
@@ -186,19 +188,33 @@ def _hair_cap(g: Geo, cv: Canvas, col, label, style: str):
     arc = np.stack([(1 + v) * r * np.cos(t), -(h + v) * r * np.sin(t)], -1)
     xt = 0.97 * g.half_width(min(side, 0.0)) if side <= 0 else 0.99 * _jaw_half_width(g, side)
     hl_y = g.top - s["hl"] * h
-    x = np.linspace(-xt, xt, 25)
+    x = np.linspace(-xt, xt, 49)
     y = hl_y + (side - hl_y) * np.abs(x / xt) ** s["k"]
     if style == "side_part":   # a fringe sweeping down towards one brow
         ps = g.p.part_side
         y = y + 0.20 * h * np.clip((ps * x + 0.35) / 1.2, 0, 1) * (1 - np.abs(x / xt) ** 4)
-    pts = np.concatenate([g.px(arc), g.p3(x, y)])          # over the top, then the hairline
-    cv.poly(pts, col, label, outline=_shade(col, 0.7), width=max(0.5, 0.025 * g.u))
+    if style in ("short", "spiky", "side_part", "bob", "afro"):   # a jagged fringe
+        n = {"bob": 9, "afro": 8}.get(style, 6)
+        y = y + (0.045 if style != "bob" else 0.03) * h * (1 - np.abs(np.sin(np.pi * n * (x / xt + 1) / 2))) \
+            * (1 - np.abs(x / xt) ** 6)
+    dark, lw = _shade(col, 0.7), max(0.5, 0.022 * g.u)
+    cv.poly(np.concatenate([g.px(arc), g.p3(x, y)]), col, label, outline=dark, width=lw)   # over the top, then the hairline
     if style == "spiky":
         for tc in np.linspace(0.35, np.pi - 0.35, 7):
             a, b = tc - 0.16, tc + 0.16
             base = [((1 + v) * cos(q), -(h + v) * sin(q)) for q in (a, b)]
             tip = ((1.36 + v) * cos(tc), -(h + v + 0.36) * sin(tc))
             cv.poly(g.px([base[0], tip, base[1]]), col, label)
+    if style != "afro":        # strands from the crown to the hairline
+        xc = -0.38 * g.p.part_side if style == "side_part" else 0.0
+        for f in (-0.62, -0.3, 0.3, 0.62):
+            xe = f * xt
+            ye = float(np.interp(xe, x, y)) - 0.06 * h
+            q = np.linspace(0, 1, 6)
+            cv.line(g.p3(xc + (xe - xc) * q ** 0.7, -0.97 * h + (ye + 0.97 * h) * q, 0.01), dark, lw)
+    tt = np.linspace(0.58 * np.pi, 0.78 * np.pi, 8)   # a sheen on the upper left
+    cv.line(g.px(np.stack([0.8 * (1 + v) * np.cos(tt), -0.86 * (h + v) * np.sin(tt)], -1)),
+            _mix(col, (255, 255, 255), 0.35), max(0.6, 0.045 * g.u))
     if style == "side_part":   # parting line over the top
         xp = -0.38 * g.p.part_side
         yy = np.linspace(-0.96 * h, hl_y + 0.1 * h, 8)
@@ -528,9 +544,9 @@ def background_image(name: str, px: int, seed: int) -> Image.Image:
 
 LIGHT = {  # per-channel gain, offset, side ramp (gain at image left -> right)
     "daylight": ((1.04, 1.04, 1.04), (6, 6, 6), (1.0, 1.0)),
-    "warm_evening": ((1.10, 0.84, 0.58), (22, 8, 0), (0.78, 1.14)),
-    "dim": ((0.46, 0.46, 0.52), (0, 0, 6), (1.0, 1.0)),
-    "cool_blue": ((0.68, 0.86, 1.16), (0, 6, 22), (1.12, 0.82)),
+    "warm_evening": ((1.06, 0.9, 0.7), (16, 6, 0), (0.84, 1.1)),
+    "dim": ((0.56, 0.56, 0.6), (2, 2, 8), (1.0, 1.0)),
+    "cool_blue": ((0.8, 0.92, 1.1), (0, 4, 18), (1.08, 0.86)),
 }
 
 
