@@ -76,6 +76,7 @@ class Geo:
         self.eye_y = self.top + person.eye_y * H
         self.nose_y = self.top + person.nose_y * H
         self.mouth_y = self.top + person.mouth_y * H
+        self._jaw = None
 
     def px(self, xy, roll=True) -> np.ndarray:
         """Local 2-D points [N, 2] (already projected) -> pixels [N, 2]."""
@@ -89,7 +90,9 @@ class Geo:
 
     def proj(self, x, y, dz=0.0):
         """Surface points (x, y arrays) lifted to depth + dz, rotated by yaw/pitch -> (pixels [N, 2], depth [N])."""
-        x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            x, y = np.broadcast_arrays(x, y)
         z = self.depth(x, y) + dz
         x1 = x * self.cyw + z * self.syw
         z1 = -x * self.syw + z * self.cyw
@@ -222,9 +225,11 @@ def _hair_cap(g: Geo, cv: Canvas, col, label, style: str):
 
 
 def _jaw_half_width(g: Geo, y):
-    o = g.outline(96)
-    o = o[(o[:, 0] > 0) & (o[:, 1] > 0)]
-    o = o[np.argsort(o[:, 1])]
+    if g._jaw is None:
+        o = g.outline(96)
+        o = o[(o[:, 0] > 0) & (o[:, 1] > 0)]
+        g._jaw = o[np.argsort(o[:, 1])]
+    o = g._jaw
     return float(np.interp(y, o[:, 1], o[:, 0])) if len(o) else 1.0
 
 
@@ -578,9 +583,11 @@ def render(people, background: str, lighting: str, size: int = 128, seed: int = 
     boxes = [draw_person(cv, person, pose, i + 1, shirt) for i, ((person, pose), shirt) in enumerate(zip(people, shirts))]
     image = np.asarray(cv.img.resize((size, size), Image.LANCZOS))
     image = apply_lighting(image, lighting)
-    lab = np.asarray(cv.lab).reshape(size, SS, size, SS)
+    lab = np.asarray(cv.lab)
     faces = []
     for i, (box, kps) in enumerate(boxes):
-        mask = (lab == i + 1).mean((1, 3)) > 0.5
+        m = (lab == i + 1).view(np.uint8)
+        votes = sum(m[a::SS, b::SS] for a in range(SS) for b in range(SS))    # [size, size] sub-pixel votes
+        mask = votes * 2 > SS * SS
         faces.append(FaceAnnotation(box=box, kps=kps, mask=mask))
     return Render(image=image, faces=faces)

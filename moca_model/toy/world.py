@@ -6,7 +6,7 @@ this module re-exports them and adds a contact sheet and a CLI:
 
     python -m moca_model.toy.world --sheet out.png [--people 8] [--first 0] [--annotate]
 
-Speed (1 core): a 17-frame 128x128 clip renders in ~0.1 s, a 256x256 reference in ~15 ms.
+Speed (CPU time, one core): a 17-frame 128x128 clip renders in ~55 ms, a 256x256 reference in ~11 ms.
 """
 from __future__ import annotations
 
