@@ -11,7 +11,8 @@ from moca_model import bench, demo
 
 
 def test_demo_writes_video_and_report(tmp_path, capsys):
-    args = ["--out", str(tmp_path), "--steps", "2", "--frames", "9", "--height", "64", "--width", "96"]
+    args = ["--out", str(tmp_path), "--preset", "tiny", "--steps", "2", "--frames", "9", "--height", "64",
+            "--width", "96"]
     report = demo.main(args)
     with av.open(str(tmp_path / "demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -30,9 +31,9 @@ def test_demo_writes_video_and_report(tmp_path, capsys):
 
 def test_demo_rejects_bad_sizes(tmp_path):
     with pytest.raises(SystemExit, match="4k\\+1"):
-        demo.main(["--out", str(tmp_path), "--frames", "8"])
+        demo.main(["--out", str(tmp_path), "--preset", "tiny", "--frames", "8"])
     with pytest.raises(SystemExit, match="multiples of 16"):
-        demo.main(["--out", str(tmp_path), "--height", "100"])
+        demo.main(["--out", str(tmp_path), "--preset", "tiny", "--height", "100"])
 
 
 def test_bench_prints_table_and_ratio(capsys):

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
     ap.add_argument("--clips-per-id", type=int, default=2)
     ap.add_argument("--ids", type=int, default=2000, help="how many of TRAIN_IDS to render")
+    ap.add_argument("--backbone-steps", type=int, default=4000)
+    ap.add_argument("--adapter-steps", type=int, default=2000)
     a = ap.parse_args(argv)
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     from . import world
     ids = list(world.TRAIN_IDS)[: a.ids]
     for stage in a.stages:
-        settings = {"ids": len(ids), "clips_per_id": a.clips_per_id}
+        settings = {"ids": len(ids), "clips_per_id": a.clips_per_id,
+                    "steps": {"backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
         if stamps.done(stage, settings):
             print(f"[toy] {stage}: up to date")
             continue
@@ -134,4 +137,40 @@ def _world(data, ids, a):
     return {}
 
 
-STAGE_FUNCS = {"world": _world}
+def _cache(data, ids, a):
+    """The real `train_moca.py cache` path: toy VAE, toy text encoder, toy face pack (onnxruntime)."""
+    from ..training.cache import main as cache_main
+    p = paths()
+    cache_main(["--manifest", str(data / "manifest.jsonl"), "--out", str(data / "cache"), "--vae", str(p["vae"]),
+                "--text-encoder", "toy", "--face-models", str(p["insightface"]), "--face-pack", p["face_pack"],
+                "--frames", "17", "--height", "128", "--width", "128", "--fps", "0", "--face-crop", "128",
+                "--samples-per-shard", "64", "--device", "cpu", "--dtype", "float32"])
+    return {}
+
+
+def _backbone(data, ids, a):
+    from .backbone_train import train_backbone
+    train_backbone([data / "cache"], data / "backbone", steps=a.backbone_steps, export=paths()["backbone"])
+    return {}
+
+
+def _adapter(data, ids, a):
+    """`train_moca.py --config configs/toy_moca.yaml` with this build's folders; the export is shipped."""
+    import shutil
+
+    from ..training.cli import main as train_main
+    out = data / "adapter"
+    train_main(["--config", str(REPO / "configs" / "toy_moca.yaml"), "--resume",
+                "--set", f"out_dir={out}", f'data.shards=["{data / "cache"}"]',
+                f"objective.empty_text={data / 'cache' / 'empty_text.safetensors'}",
+                f"model.backbone={paths()['backbone']}", f"objective.lvpl.vae={paths()['vae']}",
+                f"optim.max_steps={a.adapter_steps}"])
+    target = paths()["adapter"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(out / "toy_moca_adapter.safetensors", tmp)
+    tmp.replace(target)
+    return {}
+
+
+STAGE_FUNCS = {"world": _world, "cache": _cache, "backbone": _backbone, "adapter": _adapter}
