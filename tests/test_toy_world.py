@@ -191,3 +191,19 @@ def test_speed_and_sheet(capsys):
     assert dt < 0.5
     sheet = W.contact_sheet([np.zeros((8, 8, 3), np.uint8)] * 5, 2, cell=16)
     assert sheet.shape == (3 * 18 + 2, 2 * 18 + 2, 3)
+
+
+def test_pupil_centroid_is_the_eye_keypoint():
+    """Sub-pixel check of the drawing <-> annotation convention (PIXEL_CENTER) under yaw, pitch and roll."""
+    for s in range(6):
+        p = W.Person.from_seed(s)
+        r = W.render([(p, W.Pose(yaw=0.3, pitch=-0.1, roll=0.2, scale=0.6))], "white_wall", "daylight", 256)
+        lum = _lum(r.image.astype(np.float32))
+        rp = 0.39 * min(p.eye_size, p.eye_size * p.eye_aspect) * 0.6 * 256 / 2     # pupil radius, px
+        yy, xx = np.mgrid[:256, :256] + W.PIXEL_CENTER
+        for k in r.faces[0].kps[:2]:
+            near = (xx - k[0]) ** 2 + (yy - k[1]) ** 2 < (1.6 * rp) ** 2
+            dark = near & ((lum < 45) | (lum > 235))            # the pupil and its highlight
+            assert dark.sum() >= 4
+            c = np.array([xx[dark].mean(), yy[dark].mean()])
+            assert np.abs(c - k).max() < 0.6, (s, c, k)
