@@ -25,6 +25,11 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
 
 
+def _rounded(d: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if k == "per_frame" else v)
+            for k, v in d.items()}
+
+
 def frame_strip(rows: list[list[np.ndarray]], frames=(0, 4, 8, 12, 16)) -> np.ndarray:
     """rows of [reference, video_with, video_without] -> one image: the reference, then the chosen frames of
     each video (with identity above, without below) for every row."""
@@ -42,8 +47,8 @@ def frame_strip(rows: list[list[np.ndarray]], frames=(0, 4, 8, 12, 16)) -> np.nd
 def run(out: Path, person: int = 0, prompts=PROMPTS, seed: int = 0, steps: int | None = None,
         overwrite: bool = False, fps: float = 8.0) -> dict:
     from . import world
-    from .metrics import evaluation_likeness
-    from .pipeline import SAMPLING, ToyPipeline
+    from .metrics import eval_analyzer, likeness
+    from .pipeline import FACE_PACK, FILES, SAMPLING, ToyPipeline
 
     targets = {"video": out / "demo.mp4", "report": out / "report.json", "strip": out / "demo_strip.png"}
     existing = [str(p) for p in targets.values() if p.exists()]
@@ -51,6 +56,7 @@ def run(out: Path, person: int = 0, prompts=PROMPTS, seed: int = 0, steps: int |
         raise SystemExit(f"demo: {', '.join(existing)} already exist; pass --overwrite or choose another --out")
     t_start = time.perf_counter()
     toy = ToyPipeline.load()
+    judge = eval_analyzer(FILES["insightface"], FACE_PACK, FILES["eval_recogniser"])
     pid = world.HELDOUT_IDS[person]
     ref = world.make_reference(pid, 0).image                                             # [256, 256, 3]
     t0 = time.perf_counter()
@@ -66,7 +72,7 @@ def run(out: Path, person: int = 0, prompts=PROMPTS, seed: int = 0, steps: int |
             timing[name] = round(time.perf_counter() - t0, 3)
         rows.append([ref, videos["with_identity"], videos["without_identity"]])
         runs.append({"prompt": prompt, "seconds": timing,
-                     "likeness": {k: evaluation_likeness(v, ref).summary() for k, v in videos.items()}})
+                     "likeness": {k: _rounded(likeness(judge, v, ref).as_dict()) for k, v in videos.items()}})
     grid = np.concatenate([np.concatenate([np.repeat(_resize(r, v.shape[1])[None], len(v), 0), v, w], 2)
                            for r, v, w in rows], 1)                                      # [F, 2S, 3S, 3]
     out.mkdir(parents=True, exist_ok=True)
