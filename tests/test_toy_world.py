@@ -207,3 +207,15 @@ def test_pupil_centroid_is_the_eye_keypoint():
             assert dark.sum() >= 4
             c = np.array([xx[dark].mean(), yy[dark].mean()])
             assert np.abs(c - k).max() < 0.6, (s, c, k)
+
+
+def test_scenes_and_lightings_are_distinct():
+    assert W.render([], "beach", "dim", 64).faces == []
+    means = {}
+    for bg in W.BACKGROUNDS:
+        for li in W.LIGHTINGS:
+            im = W.render([], bg, li, 64, seed=1).image.astype(np.float32)
+            means[bg, li] = np.concatenate([im.mean((0, 1)), im.std((0, 1))])
+    keys = list(means)
+    d = np.array([[np.abs(means[a] - means[b]).sum() for b in keys] for a in keys])
+    assert (d + np.eye(len(keys)) * 1e3).min() > 5          # every (background, lighting) pair looks different
