@@ -173,7 +173,7 @@ HAIR = {  # volume, sides reach (local y / h), hairline height above the box top
     "side_part": dict(v=0.13, side=0.0, hl=0.02, k=2.5),
     "spiky": dict(v=0.08, side=-0.10, hl=0.04, k=3.0),
     "bun": dict(v=0.05, side=-0.05, hl=0.08, k=2.2),
-    "long": dict(v=0.12, side=0.42, hl=0.06, k=1.3),
+    "long": dict(v=0.12, side=0.36, hl=0.06, k=2.0),
     "bob": dict(v=0.14, side=0.30, hl=-0.10, k=8.0),
     "afro": dict(v=0.22, side=0.05, hl=0.04, k=2.5),
 }
@@ -372,7 +372,7 @@ def _beard(g: Geo, cv: Canvas, label):
         return
     col = p.hair if p.beard != "stubble" else _mix(p.skin, p.hair, 0.35)
     if p.hair_name in ("blue", "pink", "green") and p.beard != "stubble":
-        col = _mix(p.hair, DARK, 0.25)
+        col = _mix(p.hair, DARK, 0.45)
     my, mw = g.mouth_y, p.mouth_width
     if p.beard in ("full", "stubble"):
         yb = g.nose_y - 0.05
@@ -382,11 +382,11 @@ def _beard(g: Geo, cv: Canvas, label):
         x = np.linspace(-0.97, 0.97, 21)
         y = yb + (my - 0.12 - yb) * (1 - np.abs(x) ** 2)
         cv.poly(np.concatenate([g.px(low), g.p3(x, y)]), col, label)
-    elif p.beard == "goatee":
-        t = np.linspace(0, np.pi, 14)
-        x = 0.22 * np.cos(t)
-        y = my + 0.1 + (g.h * 0.97 - my - 0.1) * np.sin(t)
-        cv.poly(g.p3(np.concatenate([x, [-0.2, 0.2]]), np.concatenate([y, [my + 0.08, my + 0.08]])), col)
+    elif p.beard == "goatee":      # a chin tuft tapering to a point
+        yb = g.h * 0.98
+        x = np.array([-0.18, 0.18, 0.12, 0.0, -0.12])
+        y = np.array([my + 0.09, my + 0.09, my + 0.6 * (yb - my), yb + 0.06, my + 0.6 * (yb - my)])
+        cv.poly(np.concatenate([g.p3(x[:3], y[:3]), g.px([(0.0, yb + 0.06)]), g.p3(x[4:], y[4:])]), col)
     if p.beard in ("full", "goatee", "moustache"):
         x = np.linspace(-1, 1, 13) * mw * 1.15
         top = my - 0.14 + 0.05 * (x / (mw * 1.15)) ** 2
