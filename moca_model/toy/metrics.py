@@ -16,7 +16,7 @@ ONNX file (the toy world ships ``toy_models/eval/rec_eval.onnx`` next to the ``t
     ev = M.eval_analyzer("toy_models/insightface", "toyface", "toy_models/eval/rec_eval.onnx")
     lik = M.likeness(ev, frames, reference_image)        # LikenessStats: mean, p10, worst, stability, drift
     mot = M.motion(frames, M.detect_frames(ev, frames))  # frame_diff, kps_travel, frozen
-    cp = M.pixel_copy(ev, frames, reference_image)        # max / mean SSIM of aligned face crops
+    cp = M.pixel_copy(ev, frames, reference_image)        # max / mean SSIM and L1 of aligned face crops
     mean, lo, hi = M.bootstrap_ci([per-clip values])
 
 Copy-paste ("how much the video copies the reference beyond identity") has three parts:
@@ -24,7 +24,7 @@ Copy-paste ("how much the video copies the reference beyond identity") has three
 * ``pixel_copy`` (any video): SSIM / L1 similarity between each frame's aligned face crop and the
   reference's; the max over frames is high when some frame reproduces the reference photo. Identity alone
   already makes crops similar, so compare variants, or pass ``other_reference`` (another photo of the same
-  person) to get ``margin`` = similarity to the given reference minus similarity to the other one;
+  person) to get ``margin_ssim`` / ``margin_l1`` = similarity to the given reference minus similarity to the other one;
 * ``pose_copy`` (any video with landmarks): how close each frame's head pose and mouth shape, read from the
   5 keypoints, are to the reference's;
 * ``toy_copy_paste`` (toy world, where both are known): whether the world's background / lighting
@@ -250,54 +250,60 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.T
     return s.mean(dim=(1, 2, 3))
 
 
-def face_crops(analyzer: FaceAnalyzer, frames, detections: Sequence | None = None, size: int = 112) -> list:
-    """Aligned ArcFace-template crops [size, size, 3] float 0..1 of each frame's face (None = no face)."""
+def face_crops(analyzer: FaceAnalyzer, frames, detections: Sequence | None = None, size: int = 112,
+               context: bool = True) -> list:
+    """Aligned crops [size, size, 3] float 0..1 of each frame's face (None = no face). ``context``: the
+    local crop of *MoCA Encode Face* (1.8x the ArcFace crop: face, hair, chin and some background around
+    them), else the tight ArcFace crop."""
     from ..face import align as A
     imgs = load_images(frames)
     if detections is None:
         detections = _detect_loaded(analyzer, imgs)
+    extra = (A.LOCAL_MARGIN, A.LOCAL_CENTER) if context else ()
     out = []
     for img, d in zip(imgs, detections):
         k = _kps(d)
-        out.append(None if k is None else A.align_faces(img.data, torch.from_numpy(k).float()[None], size)[0][0])
+        out.append(None if k is None else A.align_faces(img.data, torch.from_numpy(k).float()[None], size, *extra)[0][0])
     return out
 
 
-def _reference_crop(analyzer, reference, size):
-    c = getattr(reference, "crops112", None)         # a FaceIdentity: its first aligned reference crop
-    if isinstance(c, torch.Tensor) and c.ndim == 4 and c.shape[1] == size:
-        return c[0].float().cpu()
-    crops = face_crops(analyzer, reference, None, size)
+def _reference_crop(analyzer, reference, size, context):
+    crops = face_crops(analyzer, reference, None, size, context)
     if not crops or crops[0] is None:
         raise ValueError("pixel_copy: no face found in the reference image")
     return crops[0]
 
 
 def pixel_copy(analyzer: FaceAnalyzer, frames, reference, detections: Sequence | None = None,
-               other_reference=None, size: int = 112) -> dict:
-    """Pixel similarity of each frame's aligned face crop to the reference's aligned face crop.
+               other_reference=None, size: int = 112, context: bool = True) -> dict:
+    """Pixel similarity of each frame's aligned face crop (with context, see :func:`face_crops`) to the
+    reference photo's.
 
-    Returns ssim_max / ssim_mean (frames with a face), l1sim_max (1 - mean |a - b|), per_frame SSIM (None =
-    no face) and, when ``other_reference`` (another photo of the same person) is given, ``margin`` =
-    ssim_mean(reference) - ssim_mean(other_reference): > 0 means the frames look more like this photo
-    than identity alone explains. A video that pastes the reference scores ssim_max near 1."""
-    crops = face_crops(analyzer, frames, detections, size)
-    ref = _reference_crop(analyzer, reference, size)
+    Returns ssim_max / ssim_mean and l1sim_max / l1sim_mean (1 - mean |a - b|, colour-sensitive) over
+    frames with a face, per_frame SSIM (None = no face) and, when ``other_reference`` (another photo of the
+    same person) is given, ``margin_ssim`` / ``margin_l1`` = mean similarity to ``reference`` minus mean
+    similarity to ``other_reference``: > 0 means the frames look more like this photo than identity alone
+    explains. A video that pastes the reference scores ssim_max and l1sim_max near 1."""
+    crops = face_crops(analyzer, frames, detections, size, context)
+    ref = _reference_crop(analyzer, reference, size, context)
     idx = [i for i, c in enumerate(crops) if c is not None]
     per = [None] * len(crops)
-    res = {"ssim_max": 0.0, "ssim_mean": 0.0, "l1sim_max": 0.0, "per_frame": per, "n_no_face": len(crops) - len(idx)}
+    res = {"ssim_max": 0.0, "ssim_mean": 0.0, "l1sim_max": 0.0, "l1sim_mean": 0.0, "per_frame": per,
+           "n_no_face": len(crops) - len(idx)}
     if not idx:
         return res
     stack = torch.stack([crops[i] for i in idx])
-    s = ssim(stack, ref[None])
-    l1 = 1.0 - (stack - ref[None]).abs().mean(dim=(1, 2, 3))
+
+    def sims(r):
+        return ssim(stack, r[None]), 1.0 - (stack - r[None]).abs().mean(dim=(1, 2, 3))
+    s, l1 = sims(ref)
     for i, v in zip(idx, s.tolist()):
         per[i] = float(v)
-    res.update(ssim_max=float(s.max()), ssim_mean=float(s.mean()), l1sim_max=float(l1.max()))
+    res.update(ssim_max=float(s.max()), ssim_mean=float(s.mean()), l1sim_max=float(l1.max()),
+               l1sim_mean=float(l1.mean()))
     if other_reference is not None:
-        other = _reference_crop(analyzer, other_reference, size)
-        res["ssim_mean_other"] = float(ssim(stack, other[None]).mean())
-        res["margin"] = res["ssim_mean"] - res["ssim_mean_other"]
+        so, lo = sims(_reference_crop(analyzer, other_reference, size, context))
+        res.update(margin_ssim=float(s.mean() - so.mean()), margin_l1=float(l1.mean() - lo.mean()))
     return res
 
 
