@@ -46,7 +46,7 @@ class LVPLSection:
     temporal_weight: float = 0.5            # weight of the frame-difference term
     extractor: str = "wan_vae_decoder"      # "wan_vae_decoder" | "identity" | "module.path:factory"
     vae: str | None = None                  # wan_2.1_vae.safetensors for the decoder stages (None = random init)
-    vae_dim: int = 96                       # Wan 2.1 VAE base width (96); tiny tests use less
+    vae_dim: int = 96                       # base width of a random extractor (vae=None); a vae file's own width wins
     stages: list = field(default_factory=lambda: ["conv1", "middle", "up0"])
     stage_weights: list | None = None       # per stage (default: equal, summing to 1)
     checkpoint: bool = True                 # recompute extractor activations in backward (saves memory)
