@@ -56,11 +56,11 @@ def test_shipped_classifiers_file():
     assert clf.labels == {h: tuple(v) for h, v in C.labels().items()}
     acc = clf.meta["heldout"]["accuracy"]
     assert clf.meta["heldout"]["clips"] >= 300
-    assert acc["clean"]["background"] >= 0.95 and acc["clean"]["lighting"] >= 0.95
-    assert acc["clean"]["action"] >= 0.85 and acc["blur"]["action"] >= 0.8
+    for kind in ("clean", "blur", "lowres"):
+        assert acc[kind]["background"] >= 0.97 and acc[kind]["lighting"] >= 0.97, (kind, acc[kind])
+        assert acc[kind]["action"] >= 0.93, (kind, acc[kind])
 
 
-# one held-out clip per action (person seed, clip seed), fixed
 HELDOUT_CASES = None
 
 
@@ -84,8 +84,14 @@ def test_shipped_classifiers_on_heldout_clips():
     got = clf.classify(np.stack([c.frames for c in clips]))
     assert len(got) == len(clips)
     right = {h: sum(g[h][0] == getattr(c, h) for g, c in zip(got, clips)) for h in C.HEADS}
-    assert right["background"] == len(clips) and right["lighting"] == len(clips), right
-    assert right["action"] >= len(clips) - 1, [(c.action, g["action"][0]) for g, c in zip(got, clips)]
+    assert right == {h: len(clips) for h in C.HEADS}, [(c.action, g["action"][0]) for g, c in zip(got, clips)]
+    # blurred as a small VAE would (PIL Gaussian radius 1.5 px): at most one action wrong, scenes all right
+    from PIL import Image, ImageFilter
+    blurred = [np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(1.5))) for f in c.frames])
+               for c in clips]
+    got = clf.classify(blurred)
+    right = {h: sum(g[h][0] == getattr(c, h) for g, c in zip(got, clips)) for h in C.HEADS}
+    assert right["background"] == right["lighting"] == len(clips) and right["action"] >= len(clips) - 1, right
     # one clip as a ComfyUI IMAGE tensor gives the same answer as uint8 numpy
     one = C.classify(torch.from_numpy(clips[0].frames).float() / 255.0)
     assert one["action"][0] == got[0]["action"][0]

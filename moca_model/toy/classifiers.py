@@ -1,21 +1,22 @@
 """The toy world's video classifiers: action, background and lighting of a clip (prompt adherence).
 
-One small (2+1)-D CNN with three heads (``ToyClassifier``, ~60 k parameters, ~0.25 MB):
+One small (2+1)-D CNN with two streams and three heads (``ToyClassifier``, ~91 k parameters, ~0.37 MB):
 
-* input: a clip [T, H, W, 3] (T >= 3, any size; the world's is 17 x 128 x 128) reduced to 64 x 64 by area
-  averaging, every 2nd frame (9 of 17; a blink still shows as half-closed eyes); every frame is fed with its
+* input (``prepare``): a clip [T, H, W, 3] (T >= 3, any size; the world's is 17 x 128 x 128) as two
+  64 x 64 streams - the whole frame (area-averaged, every 2nd frame: scene, lighting, head motion) and its
+  central half at full resolution (every frame: smiles, open mouths, blinks). Every frame is fed with its
   difference to the previous one (x4), so motion direction is visible locally (the sign of a difference
   against the image gradient says which way an edge moved);
-* per-frame 2-D trunk: a 4x4 stride-4 patch conv (6 -> 24 channels, 16 px), then 3x3 conv-BN-ReLU layers
-  24 -> 48 (stride 2, 8 px) -> 48;
+* per stream, a per-frame 2-D trunk: a 4x4 stride-4 patch conv (6 -> w/2 channels, 16 px), then 3x3
+  conv-BN-ReLU layers w/2 -> w (stride 2, 8 px) -> w, with w = 48 (whole frame) and 32 (centre);
 * temporal mixing: two residual 1-D convolutions over time (kernel 3, dilations 1 and 2) per 8x8 cell;
 * pooling: a 2x2 spatial grid (where the face is matters for move_across / zoom), then over time the
   mean, the max, and the late-minus-early mean (last quarter minus first quarter: which way the head
   turned, whether it grew, whether the mouth opened);
-* heads: linear layers to ACTIONS (9), BACKGROUNDS (9) and LIGHTINGS (4).
+* heads: linear layers on both streams' features to ACTIONS (9), BACKGROUNDS (9) and LIGHTINGS (4).
 
-Training (``train_classifiers``): clips of TRAIN_IDS only, rendered once to ``<data>/`` as uint8 64 x 64
-``.npy`` shards (resumable), AdamW + cosine, batch 32, exact resume from atomic checkpoints
+Training (``train_classifiers``): clips of TRAIN_IDS only, rendered once to ``<data>/`` as uint8 ``prepare``
+output in ``.npz`` shards (resumable), AdamW + cosine, batch 32, exact resume from atomic checkpoints
 (``training.train_state``). Augmentation makes it robust to what generated videos look like after a small
 VAE: Gaussian blur, down/up-scaling, small per-channel colour gains (+-6%, far below the lighting classes'
 differences), brightness offsets, noise; and horizontal flips that swap turn_left / turn_right. Held-out
@@ -47,11 +48,12 @@ DEFAULT_DATA = REPO / "runs" / "toy" / "cls"
 SIZE = 64
 HEADS = ("action", "background", "lighting")
 FORMAT = "moca-toy-classifiers"
-VERSION = 1
+VERSION = 2
 TRAIN_CLIP_SEED0 = 7000          # clip seeds of the classifier's own training clips (other models use 0, 1, ...)
 EVAL_CLIP_SEED0 = 9000           # clip seeds of the held-out evaluation clips
 SHARD = 250
 DIFF_GAIN = 4.0
+DATA_VERSION = 2                 # what render_set stores (2: whole frame + centre crop)
 
 
 def labels() -> dict:
@@ -74,31 +76,43 @@ class TemporalBlock(nn.Module):
         return F.relu(x + self.bn(self.conv(x)))
 
 
-class ToyClassifier(nn.Module):
-    def __init__(self, num_classes: dict, width: int = 48, frame_stride: int = 2):
+class Stream(nn.Module):
+    """Per-frame 2-D trunk on [frame, difference to the previous frame], temporal convs, 2x2 x time pooling."""
+
+    def __init__(self, width: int, frame_stride: int):
         super().__init__()
         self.frame_stride = int(frame_stride)
-        self.trunk = nn.Sequential(_cbr(6, width // 2, 4, 4, 0), _cbr(width // 2, width, 3, 2, 1), _cbr(width, width, 3, 1, 1))
+        self.trunk = nn.Sequential(_cbr(6, width // 2, 4, 4, 0), _cbr(width // 2, width, 3, 2, 1),
+                                   _cbr(width, width, 3, 1, 1))
         self.temporal = nn.Sequential(TemporalBlock(width, 1), TemporalBlock(width, 2))
-        feat = width * 4 * 3
-        self.drop = nn.Dropout(0.2)
-        self.heads = nn.ModuleDict({k: nn.Linear(feat, n) for k, n in num_classes.items()})
+        self.dim = width * 4 * 3
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, 3, 64, 64] float (0..1), all frames (strided here) -> [B, F]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, 3, 64, 64] float 0..1 (every frame; strided here) -> [B, dim]."""
         x = x[:, ::self.frame_stride]
         B, T = x.shape[:2]
         diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1) * DIFF_GAIN
-        h = torch.cat([x * 2 - 1, diff], 2).flatten(0, 1)                      # [B*T, 6, 64, 64]
-        h = self.trunk(h)                                                       # [B*T, C, 8, 8]
-        h = h.unflatten(0, (B, T)).transpose(1, 2)                              # [B, C, T, 8, 8]
-        h = self.temporal(h)
+        h = self.trunk(torch.cat([x * 2 - 1, diff], 2).flatten(0, 1))          # [B*T, C, 8, 8]
+        h = self.temporal(h.unflatten(0, (B, T)).transpose(1, 2))               # [B, C, T, 8, 8]
         h = F.adaptive_avg_pool3d(h, (T, 2, 2)).flatten(3).transpose(2, 3).flatten(1, 2)   # [B, C*4, T]
         q = max(1, T // 4)
         return torch.cat([h.mean(2), h.amax(2), h[..., -q:].mean(2) - h[..., :q].mean(2)], 1)
 
+
+class ToyClassifier(nn.Module):
+    """Two streams - the whole frame at 64 px (every 2nd frame) and the central half of the frame at full
+    resolution (every frame: expressions, blinks) - and one linear head per task on their features."""
+
+    def __init__(self, num_classes: dict, width: int = 48, centre_width: int = 32):
+        super().__init__()
+        self.full = Stream(width, 2)
+        self.centre = Stream(centre_width, 1)
+        self.drop = nn.Dropout(0.2)
+        self.heads = nn.ModuleDict({k: nn.Linear(self.full.dim + self.centre.dim, n) for k, n in num_classes.items()})
+
     def forward(self, x: torch.Tensor) -> dict:
-        f = self.drop(self.features(x))
+        """x: [B, T, 6, 64, 64] (``prepare``: whole frame RGB, centre RGB) -> head -> logits [B, classes]."""
+        f = self.drop(torch.cat([self.full(x[:, :, :3]), self.centre(x[:, :, 3:])], 1))
         return {k: head(f) for k, head in self.heads.items()}
 
 
@@ -109,9 +123,19 @@ def _to_tensor(clip) -> torch.Tensor:
     return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
 
 
+def _resize(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, h, w] -> [N, 3, 64, 64]: area averaging when shrinking, bilinear when growing."""
+    if tuple(x.shape[-2:]) == (SIZE, SIZE):
+        return x
+    if x.shape[-2] >= SIZE and x.shape[-1] >= SIZE:
+        return F.adaptive_avg_pool2d(x, SIZE)
+    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+
+
 def prepare(clips) -> torch.Tensor:
-    """Clip(s) -> [B, T, 3, 64, 64] float 0..1. Accepts [T, H, W, 3] (one clip: numpy uint8 or a ComfyUI
-    IMAGE tensor float 0..1), [B, T, H, W, 3], or a list of clips of the same length."""
+    """Clip(s) -> [B, T, 6, 64, 64] float 0..1: the whole frame and its central half (H/2 x W/2, full
+    resolution for the world's 128 px frames), each at 64 x 64. Accepts [T, H, W, 3] (one clip: numpy uint8
+    or a ComfyUI IMAGE tensor float 0..1), [B, T, H, W, 3], or a list of clips of the same length."""
     if isinstance(clips, (list, tuple)):
         return torch.cat([prepare(c) for c in clips])
     x = _to_tensor(clips)
@@ -121,49 +145,61 @@ def prepare(clips) -> torch.Tensor:
         raise ValueError(f"expected clips [T, H, W, 3] or [B, T, H, W, 3], got {list(x.shape)}")
     B, T, H, W, _ = x.shape
     x = x.permute(0, 1, 4, 2, 3).flatten(0, 1)
-    if (H, W) != (SIZE, SIZE):
-        x = F.adaptive_avg_pool2d(x, SIZE) if H >= SIZE and W >= SIZE else \
-            F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    return x.unflatten(0, (B, T)).clamp(0, 1)
+    centre = x[:, :, H // 4:H // 4 + H // 2, W // 4:W // 4 + W // 2]
+    out = torch.cat([_resize(x), _resize(centre)], 1)
+    return out.unflatten(0, (B, T)).clamp(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur [B, T, C, H, W] with a per-clip sigma [B] (pixels; 0 = unchanged), separable, reflect padding."""
+    """Blur [B, T, C, H, W] (H == W) with a per-clip sigma [B] (pixels; 0 = unchanged), reflect borders:
+    one [H, H] blur matrix per clip, applied to rows and columns (two batched matmuls)."""
     B, T, C, H, W = x.shape
     r = 4
     k = torch.arange(-r, r + 1, dtype=x.dtype)
-    s = sigma.clamp_min(1e-3)[:, None]
-    w = torch.exp(-0.5 * (k[None] / s) ** 2)
+    w = torch.exp(-0.5 * (k[None] / sigma.to(x.dtype).clamp_min(1e-3)[:, None]) ** 2)
     w = w / w.sum(1, keepdim=True)                                              # [B, 2r+1]
-    h = x.permute(1, 2, 0, 3, 4).reshape(1, T * C * B, H, W)
-    wk = w.repeat(T * C, 1)                                                      # [(T C B), 2r+1]
-    h = F.conv2d(F.pad(h, (r, r, 0, 0), mode="reflect"), wk[:, None, None, :], groups=T * C * B)
-    h = F.conv2d(F.pad(h, (0, 0, r, r), mode="reflect"), wk[:, None, :, None], groups=T * C * B)
-    return h.reshape(T, C, B, H, W).permute(2, 0, 1, 3, 4)
+    i = torch.arange(H)
+    j = (i[:, None] + k.long()[None]).abs()                                    # reflect at 0 ...
+    j = torch.where(j > H - 1, 2 * (H - 1) - j, j)                              # ... and at H-1
+    K = torch.zeros(B, H, H, dtype=x.dtype)
+    K.scatter_add_(2, j[None].expand(B, -1, -1), w[:, None, :].expand(-1, H, -1))
+    K = K[:, None, None]                                                        # [B, 1, 1, H, H]
+    return K @ x @ K.transpose(-1, -2)
+
+
+def _down_up(x: torch.Tensor, s: int) -> torch.Tensor:
+    B, T = x.shape[:2]
+    y = F.interpolate(x.flatten(0, 1), size=(s, s), mode="area")
+    return F.interpolate(y, size=(SIZE, SIZE), mode="bilinear", align_corners=False).unflatten(0, (B, T))
+
+
+def _per_stream(x: torch.Tensor, fn_full, fn_centre) -> torch.Tensor:
+    return torch.cat([fn_full(x[:, :, :3]), fn_centre(x[:, :, 3:])], 2)
 
 
 def degrade(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Fixed degradations for the robustness report: ``blur`` (Gaussian, sigma 1 px at 64 = 2 px at 128),
-    ``lowres`` (down to 24 px and back up)."""
+    """Fixed degradations of ``prepare`` output for the robustness report, defined on the 128 px frame:
+    ``blur`` (Gaussian, sigma 2 px at 128), ``lowres`` (the frame down to 48 px and back up)."""
     if kind == "clean":
         return x
+    B = x.shape[0]
     if kind == "blur":
-        return gaussian_blur(x, torch.full((x.shape[0],), 1.0))
+        return _per_stream(x, lambda v: gaussian_blur(v, torch.full((B,), 1.0)),
+                           lambda v: gaussian_blur(v, torch.full((B,), 2.0)))
     if kind == "lowres":
-        B, T = x.shape[:2]
-        y = F.interpolate(x.flatten(0, 1), size=(24, 24), mode="area")
-        return F.interpolate(y, size=(SIZE, SIZE), mode="bilinear", align_corners=False).unflatten(0, (B, T))
+        return _per_stream(x, lambda v: _down_up(v, 24), lambda v: _down_up(v, 24))
     raise ValueError(kind)
 
 
 def augment(x: torch.Tensor, y: dict, g: torch.Generator, names: dict) -> tuple:
-    """Random VAE-like degradations + label-aware horizontal flips, on [B, T, 3, 64, 64] float 0..1."""
+    """Random VAE-like degradations + label-aware horizontal flips, on ``prepare`` output [B, T, 6, 64, 64].
+    Sizes are those of the 128 px frame: the centre stream sees twice the full stream's blur in pixels."""
     B, T = x.shape[:2]
 
     def u(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(*(shape or (B,)), generator=g)
     # horizontal flip: the world is left/right symmetric except the turn direction (and the lighting ramp,
-    # which the per-channel gains dominate)
+    # which the per-channel gains dominate); the centre crop is centred, so flipping it is consistent
     flip = torch.rand(B, generator=g) < 0.5
     x = torch.where(flip[:, None, None, None, None], x.flip(-1), x)
     acts = names["action"]
@@ -171,25 +207,27 @@ def augment(x: torch.Tensor, y: dict, g: torch.Generator, names: dict) -> tuple:
     il, ir = acts.index("turn_left"), acts.index("turn_right")
     swap[il], swap[ir] = ir, il
     y = dict(y, action=torch.where(flip, swap[y["action"]], y["action"]))
-    # down/up-scaling (a VAE's lost detail)
+    # down/up-scaling (a VAE's lost detail): the 128 px frame to 2s px
     low = torch.rand(B, generator=g) < 0.35
     if low.any():
         s = int(torch.randint(20, 48, (1,), generator=g))
-        xs = x[low].flatten(0, 1)
-        xs = F.interpolate(F.interpolate(xs, size=(s, s), mode="area"), size=(SIZE, SIZE), mode="bilinear",
-                           align_corners=False)
         x = x.clone()
-        x[low] = xs.unflatten(0, (int(low.sum()), T))
-    # Gaussian blur
-    sig = torch.where(torch.rand(B, generator=g) < 0.6, u(0.3, 1.4), torch.zeros(B))
-    x = gaussian_blur(x, sig)
+        x[low] = _per_stream(x[low], lambda v: _down_up(v, s), lambda v: _down_up(v, s))
+    # Gaussian blur, sigma 0.6 .. 2.8 px at 128, on 60% of the clips
+    blur = torch.rand(B, generator=g) < 0.6
+    sig = u(0.3, 1.4)
+    if blur.any():
+        sb = sig[blur]
+        x = x.clone() if not low.any() else x
+        x[blur] = _per_stream(x[blur], lambda v: gaussian_blur(v, sb), lambda v: gaussian_blur(v, 2 * sb))
     # small colour jitter: per-channel gains, brightness offset (lighting classes differ by 15-50%)
-    gain = u(0.94, 1.06, B, 1, 3, 1, 1) * u(0.95, 1.05, B, 1, 1, 1, 1)
-    x = x * gain + u(-0.025, 0.025, B, 1, 1, 1, 1)
-    # noise (per frame, per pixel) and a little per-frame flicker
-    x = x + torch.randn(x.shape, generator=g) * u(0.0, 0.03, B, 1, 1, 1, 1)
-    x = x * u(0.99, 1.01, B, T, 1, 1, 1)
-    return x.clamp(0, 1), y
+    gain = (u(0.94, 1.06, B, 1, 3, 1, 1) * u(0.95, 1.05, B, 1, 1, 1, 1)).repeat(1, 1, 2, 1, 1)
+    gain = gain * u(0.99, 1.01, B, T, 1, 1, 1)                                 # a little per-frame flicker
+    x = x * gain
+    x.add_(u(-0.025, 0.025, B, 1, 1, 1, 1))
+    # noise (per frame, per pixel)
+    x.add_(torch.randn(x.shape, generator=g).mul_(u(0.0, 0.03, B, 1, 1, 1, 1)))
+    return x.clamp_(0, 1), y
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -198,9 +236,25 @@ def _label_ids(names, clip) -> list:
             names["lighting"].index(clip.lighting)]
 
 
+@lru_cache(maxsize=1)
+def world_digest() -> str:
+    """A fingerprint of what the world draws (hash of three rendered clips): cached shards made by another
+    version of the world are rendered again."""
+    import hashlib
+
+    from . import world
+    h = hashlib.sha256()
+    for pid, cs in ((0, 0), (1, 1), (world.HELDOUT_IDS[0], 2)):
+        c = world.make_clip(pid, cs)
+        h.update(c.frames.tobytes())
+        h.update(f"{c.action}|{c.background}|{c.lighting}".encode())
+    return h.hexdigest()[:16]
+
+
 def render_set(out_dir, pairs, tag: str, log=print) -> tuple:
-    """Render clips ``pairs`` = [(person_seed, clip_seed)] at 64 x 64 into ``out_dir/<tag>_NNN.npz`` shards
-    (uint8 frames [n, T, 64, 64, 3] + labels [n, 3]); existing shards are kept. Returns (frames, labels)."""
+    """Render clips ``pairs`` = [(person_seed, clip_seed)] as ``prepare`` sees them into
+    ``out_dir/<tag>_v<DATA_VERSION>_NNN.npz`` shards (uint8 [n, T, 64, 64, 6]: whole frame + centre, and
+    labels [n, 3]); existing shards of the same world (``world_digest``) are kept. Returns (frames, labels)."""
     from ..atomic import atomic_target
     from . import world
     names = labels()
@@ -210,22 +264,22 @@ def render_set(out_dir, pairs, tag: str, log=print) -> tuple:
     t0 = time.perf_counter()
     for k in range(0, len(pairs), SHARD):
         part = pairs[k:k + SHARD]
-        path = out_dir / f"{tag}_{k // SHARD:03d}.npz"
+        path = out_dir / f"{tag}_v{DATA_VERSION}_{k // SHARD:03d}.npz"
         key = np.asarray(part, np.int64)
         if path.is_file():
             with np.load(path) as z:
-                if np.array_equal(z["pairs"], key):
+                if np.array_equal(z["pairs"], key) and "world" in z.files and str(z["world"]) == world_digest():
                     frames.append(z["frames"])
                     labs.append(z["labels"])
                     continue
         fr, lb = [], []
         for pid, cs in part:
             clip = world.make_clip(int(pid), int(cs))
-            fr.append((prepare(clip.frames)[0].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
+            fr.append((prepare(clip.frames)[0].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())  # [T, 64, 64, 6]
             lb.append(_label_ids(names, clip))
         fr, lb = np.stack(fr), np.asarray(lb, np.int16)
         with atomic_target(path, overwrite=True, suffix=".npz") as tmp:
-            np.savez(tmp, frames=fr, labels=lb, pairs=key)
+            np.savez(tmp, frames=fr, labels=lb, pairs=key, world=np.asarray(world_digest()))
         frames.append(fr)
         labs.append(lb)
         log(f"[toy-cls] rendered {tag} {min(k + SHARD, len(pairs))}/{len(pairs)} ({time.perf_counter() - t0:.0f} s)")
@@ -286,7 +340,7 @@ def train_classifiers(out_path=DEFAULT_PATH, steps: int = 600, seed: int = 0, da
                       n_train: int = 3000, n_eval: int = 300, batch_size: int = 32, lr: float = 3e-3,
                       checkpoint_every: int = 100, threads: int = 2, log=print) -> dict:
     """Render (once) and train the classifiers, export safetensors with labels and held-out accuracy in
-    the metadata. Resumes from ``<data_dir>/run_s<seed>/checkpoints``. Returns the metadata dict."""
+    the metadata. Resumes from ``<data_dir>/run_v<VERSION>_s<seed>/checkpoints``. Returns the metadata dict."""
     from ..training.train_state import flatten_optimizer, list_checkpoints, load_checkpoint, save_checkpoint
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -300,7 +354,7 @@ def train_classifiers(out_path=DEFAULT_PATH, steps: int = 600, seed: int = 0, da
     model = ToyClassifier({h: len(names[h]) for h in HEADS})
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
     pnames = [n for n, _ in model.named_parameters()]
-    run = data_dir / f"run_s{seed}"
+    run = data_dir / f"run_v{VERSION}_s{seed}"
     start, train_seconds = 0, 0.0
     ckpts = list_checkpoints(run)
     if ckpts:
@@ -339,7 +393,8 @@ def train_classifiers(out_path=DEFAULT_PATH, steps: int = 600, seed: int = 0, da
     acc = {k: evaluate(model, ev_frames, ev_labs, k) for k in ("clean", "blur", "lowres")}
     log(f"[toy-cls] held-out accuracy: {json.dumps(acc)}")
     meta = {"format": FORMAT, "version": VERSION, "labels": names, "heads": list(HEADS), "size": SIZE,
-            "width": 48, "frame_stride": 2, "steps": steps, "seed": seed, "n_train_clips": len(frames),
+            "width": 48, "centre_width": 32, "steps": steps, "seed": seed, "n_train_clips": len(frames),
+            "world_digest": world_digest(),
             "heldout": {"clips": len(ev_frames), "ids": "HELDOUT_IDS", "clip_seed0": EVAL_CLIP_SEED0,
                         "accuracy": acc},
             "train_seconds": round(train_seconds, 1), "render_seconds": round(t_render, 1),
@@ -404,9 +459,10 @@ def _load(path: str) -> ToyClassifiers:
     if md.get("format") != FORMAT:
         raise ValueError(f"{path} is not a toy classifiers file (format {md.get('format')!r})")
     meta = json.loads(md["moca_toy_classifiers"])
-    if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(f"{path}: classifiers format version {meta['version']} is newer than this code")
-    model = ToyClassifier({h: len(meta["labels"][h]) for h in meta["heads"]}, meta["width"], meta["frame_stride"])
+    if int(meta.get("version", 0)) != VERSION:
+        raise ValueError(f"{path}: classifiers format version {meta.get('version')} is not this code's ({VERSION}); "
+                         f"retrain with `python -m moca_model.toy.classifiers train`")
+    model = ToyClassifier({h: len(meta["labels"][h]) for h in meta["heads"]}, meta["width"], meta["centre_width"])
     model.load_state_dict(load_file(path), strict=False)
     return ToyClassifiers(model, meta)
 
