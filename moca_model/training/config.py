@@ -11,10 +11,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 TRAINABLE = ("adapter", "lora", "full")
 PRECISIONS = ("no", "bf16")          # fp16 would need a GradScaler; bf16 does not
 STRATEGIES = ("ddp", "fsdp")
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+# The one table of dtype names the trainer accepts (model.*_dtype, export.dtype, `train_moca.py export --dtype`).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
@@ -147,9 +150,9 @@ class TrainConfig:
             problems.append(f"train.strategy={self.train.strategy!r} (choose {STRATEGIES})")
         for name in ("backbone_dtype", "param_dtype"):
             if getattr(self.model, name) not in DTYPES:
-                problems.append(f"model.{name}={getattr(self.model, name)!r} (choose {DTYPES})")
+                problems.append(f"model.{name}={getattr(self.model, name)!r} (choose {tuple(DTYPES)})")
         if self.export.dtype not in DTYPES:
-            problems.append(f"export.dtype={self.export.dtype!r} (choose {DTYPES})")
+            problems.append(f"export.dtype={self.export.dtype!r} (choose {tuple(DTYPES)})")
         if self.data.batch_size < 1 or self.data.grad_accum < 1:
             problems.append("data.batch_size and data.grad_accum must be >= 1")
         if self.data.reference not in ("random", "first"):

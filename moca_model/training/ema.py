@@ -23,9 +23,15 @@ class EMA:
 
     @torch.no_grad()
     def load_state_dict(self, sd: dict):
+        """Full tensors by name (a checkpoint's ema.safetensors); sharded shadows (FSDP2 DTensors) take their
+        own shard."""
         missing = sorted(set(self.shadow) - set(sd))
         if missing:
             raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {missing[:4]}; "
                              "was the checkpoint made with another trainable set?")
         for n, t in self.shadow.items():
-            t.copy_(sd[n])
+            full = sd[n]
+            if hasattr(t, "device_mesh"):
+                from torch.distributed.tensor import distribute_tensor
+                full = distribute_tensor(full.to(t.dtype), t.device_mesh, t.placements)
+            t.copy_(full)
