@@ -31,10 +31,6 @@ class WindowPlan:
     kv_rows: torch.Tensor     # [Tq, Tmax] the summary rows an expert's window may attend to (padded)
     kv_valid: torch.Tensor    # [Tq, Tmax] False where kv_rows is padding
 
-    @property
-    def num_rows(self) -> int:
-        return self.pool.shape[0]
-
 
 def window_bounds(T: int, scale: int) -> list[tuple[int, int]]:
     """[(start, stop)] frame ranges of the windows of one scale (ceil mode; 0 = whole clip)."""

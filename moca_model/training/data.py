@@ -220,11 +220,3 @@ class SampleOrder:
                 cache = {e: self._perm(e)}
             out.append(int(cache[e][p % self.num_samples]))
         return out
-
-
-def rank_slice(global_batch: list, rank: int, world: int) -> list:
-    """The contiguous part of a global batch that one process trains on."""
-    if len(global_batch) % world:
-        raise ValueError(f"global batch {len(global_batch)} is not divisible by world size {world}")
-    n = len(global_batch) // world
-    return global_batch[rank * n:(rank + 1) * n]
