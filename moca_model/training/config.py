@@ -90,7 +90,7 @@ class TrainSection:
     ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999
     seed: int = 0
     strategy: str = "ddp"                   # ddp | fsdp (FSDP2 fully_shard; for the 14B backbone)
-    deterministic: bool = True              # torch.use_deterministic_algorithms (exact resume)
+    deterministic: bool = True              # strict deterministic kernels (exact resume; docs/training.md §8)
 
 
 @dataclass

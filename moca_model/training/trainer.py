@@ -20,7 +20,7 @@ from ..config import MoCAConfig
 from . import build, checkpointing, parallel
 from .config import DTYPES, TrainConfig
 from .data import SampleOrder, ShardDataset
-from .distributed import Dist
+from .distributed import Dist, configure_determinism
 from .ema import EMA
 from .metrics import MetricsLog
 from .objective import FlowObjective
@@ -43,8 +43,7 @@ class Trainer:
         self.dist = Dist(device)
         self.device = self.dist.device
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
-        if c.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_determinism(c.train.deterministic, self.device)
         self.out_dir = Path(c.out_dir)
         self.mcfg = MoCAConfig.preset(c.model.preset, **c.model.overrides)
 
