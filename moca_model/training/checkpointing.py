@@ -35,6 +35,7 @@ def save(trainer) -> Path | None:
         path = train_state.save_checkpoint(
             trainer.out_dir, trainer.step, model_sd, tensors, groups, ema_sd,
             {"samples_seen": trainer.step * trainer.global_batch, "world_size": trainer.dist.world,
+             "ema_updates": trainer.ema.num_updates if trainer.ema else 0,
              "global_batch": trainer.global_batch, "config": trainer.cfg.to_dict()},
             keep_last=trainer.cfg.checkpoint.keep_last)
         trainer.log(f"[moca-train] checkpoint {path}")
@@ -72,6 +73,7 @@ def resume(trainer, path=None) -> bool:
         if ck["ema"] is None:
             raise ValueError(f"{path} has no EMA state but train.ema_decay > 0")
         trainer.ema.load_state_dict(ck["ema"])
+        trainer.ema.num_updates = int(st.get("ema_updates", st["step"]))     # one update per step
     train_state.set_rng_states(st["rng"])
     trainer.step = int(st["step"])
     trainer.log(f"[moca-train] resumed from {path} at step {trainer.step} ({st['samples_seen']} samples seen)")

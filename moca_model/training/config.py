@@ -87,7 +87,7 @@ class TrainSection:
                                                          "cross_attn.o", "ffn.0", "ffn.2"])
     mixed_precision: str = "no"             # no | bf16 (autocast; master weights stay param_dtype)
     gradient_checkpointing: bool = False
-    ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999
+    ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999 (with warm-up: min(decay, (1+n)/(10+n)))
     seed: int = 0
     strategy: str = "ddp"                   # ddp | fsdp (FSDP2 fully_shard; for the 14B backbone)
     deterministic: bool = True              # strict deterministic kernels (exact resume; docs/training.md §8)
