@@ -110,6 +110,7 @@ class LoggingSection:
 class ValidationSection:
     every: int = 0                          # steps between validation videos (0 = off)
     sample: int = 0                         # dataset index of the fixed validation sample
+    eval_samples: int = 4                   # val/eval_loss: the first N samples, batched like training
     steps: int = 20
     text_cfg: float = 5.0
     id_cfg: float = 1.0

@@ -141,19 +141,28 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def eval_loss(self, n: int = 4, seed_offset: int = 10 ** 12) -> float:
-        """Mean loss on the first n dataset samples with fixed draws (same every call): a noise-free progress
-        measure for tests and logs (no dropout of text or identity)."""
+    def eval_loss(self, n: int | None = None, seed_offset: int = 10 ** 12) -> float:
+        """Mean loss on the first n dataset samples (default validation.eval_samples) with fixed draws (same
+        every call): a noise-free progress measure for tests and logs (no dropout of text or identity).
+        Samples are batched data.batch_size at a time, clips of one size together."""
         c = self.cfg
+        n = c.validation.eval_samples if n is None else n
+        samples = {i: self.dataset[i] for i in range(min(n, len(self.dataset)))}
+        by_size: dict[tuple, list[int]] = {}
+        for i, s in samples.items():
+            by_size.setdefault((tuple(s["latents"].shape), tuple(s["face_latent"].shape[-4:])), []).append(i)
         saved = (c.objective.text_dropout, c.objective.id_dropout)
         c.objective.text_dropout = c.objective.id_dropout = 0.0
+        total = 0.0
         try:
-            idx = list(range(min(n, len(self.dataset))))
-            batch = self.objective.make_batch([self.dataset[i] for i in idx],
-                                              [seed_offset + i for i in idx]).to(self.device, DTYPES[c.model.param_dtype])
-            with self._autocast():
-                terms = self.objective.losses(self.module, batch)
-            return float(terms["loss"].mean())
+            for ids in by_size.values():
+                for k in range(0, len(ids), c.data.batch_size):
+                    chunk = ids[k:k + c.data.batch_size]
+                    batch = self.objective.make_batch([samples[i] for i in chunk], [seed_offset + i for i in chunk])
+                    with self._autocast():
+                        terms = self.objective.losses(self.module, batch.to(self.device, DTYPES[c.model.param_dtype]))
+                    total += float(terms["loss"].float().sum())
+            return total / max(1, len(samples))
         finally:
             c.objective.text_dropout, c.objective.id_dropout = saved
 
