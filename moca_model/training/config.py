@@ -38,6 +38,8 @@ class DataSection:
     text_len: int | None = None             # pad text states to this many tokens (None = 512, as Wan does)
     reference: str = "random"               # several references per sample: a "random" one per step, or the "first"
     shuffle: bool = True
+    num_workers: int = 2                    # background processes reading micro-batches ahead (0 = read in the loop)
+    prefetch: int = 2                       # micro-batches each worker keeps ready
 
 
 @dataclass
@@ -156,6 +158,8 @@ class TrainConfig:
             problems.append(f"export.dtype={self.export.dtype!r} (choose {tuple(DTYPES)})")
         if self.data.batch_size < 1 or self.data.grad_accum < 1:
             problems.append("data.batch_size and data.grad_accum must be >= 1")
+        if self.data.num_workers < 0 or self.data.prefetch < 1:
+            problems.append("data.num_workers must be >= 0 and data.prefetch >= 1")
         if self.data.reference not in ("random", "first"):
             problems.append(f"data.reference={self.data.reference!r} (choose random, first)")
         if self.model.backbone_dtype in ("bfloat16", "float16") and self.train.mixed_precision == "no" \

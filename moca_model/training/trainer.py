@@ -19,7 +19,7 @@ import torch
 from ..config import MoCAConfig
 from . import build, checkpointing, parallel
 from .config import DTYPES, TrainConfig
-from .data import SampleOrder, ShardDataset
+from .data import RankStream, SampleOrder, ShardDataset, micro_batch_loader
 from .distributed import Dist, configure_determinism
 from .ema import EMA
 from .metrics import MetricsLog
@@ -51,7 +51,8 @@ class Trainer:
         for path, why in self.dataset.skipped:
             self.log(f"[moca-train] skipped shard {path}: {why}")
         self.order = SampleOrder(len(self.dataset), seed=c.train.seed, shuffle=c.data.shuffle)
-        self.global_batch = c.data.batch_size * c.data.grad_accum * self.dist.world
+        self.stream = RankStream(self.order, c.data.batch_size, c.data.grad_accum, self.dist.world, self.dist.rank)
+        self.global_batch = self.stream.global_batch
 
         self.module = self._build_module()
         self.model = parallel.wrap(self.module, c, self.dist)
@@ -104,15 +105,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def micro_batches(self, step: int):
-        """(samples, positions) of this process's micro-batches at an optimiser step."""
-        c, B, W = self.cfg, self.cfg.data.batch_size, self.dist.world
-        for m in range(c.data.grad_accum):
-            start = step * self.global_batch + m * B * W + self.dist.rank * B
-            positions = list(range(start, start + B))
-            idx = self.order.indices(start, B)
-            yield [self.dataset[i] for i in idx], positions
+        """(samples, positions) of this process's micro-batches at an optimiser step, read now."""
+        for m in range(self.cfg.data.grad_accum):
+            yield [self.dataset[i] for i in self.stream.indices(step, m)], self.stream.positions(step, m)
 
-    def train_step(self) -> dict:
+    def train_step(self, micro: list[list[dict]] | None = None) -> dict:
+        """One optimiser step. `micro`: the sample lists of its micro-batches (from the background loader);
+        read here when not given."""
         c = self.cfg
         lr = lr_at(self.step, c.optim)
         for g in self.optimizer.param_groups:
@@ -120,8 +119,10 @@ class Trainer:
         sums = {}
         n_micro = c.data.grad_accum
         pdt = DTYPES[c.model.param_dtype]
-        for m, (samples, positions) in enumerate(self.micro_batches(self.step)):
-            batch = self.objective.make_batch(samples, positions).to(self.device, pdt)
+        if micro is None:
+            micro = [samples for samples, _ in self.micro_batches(self.step)]
+        for m, samples in enumerate(micro):
+            batch = self.objective.make_batch(samples, self.stream.positions(self.step, m)).to(self.device, pdt)
             with parallel.gradient_sync(self.model, m == n_micro - 1):
                 with self._autocast():
                     terms = self.objective.losses(self.model, batch)
@@ -181,9 +182,12 @@ class Trainer:
         losses = []
         last_saved = None
         t_last = time.perf_counter()
+        d = c.data
+        batches = micro_batch_loader(self.dataset, self.stream, self.step, end, d.num_workers, d.prefetch,
+                                     pin_memory=self.device.type == "cuda")
         try:
             while self.step < end:
-                vals = self.train_step()
+                vals = self.train_step([next(batches) for _ in range(d.grad_accum)])
                 losses.append(vals["loss"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{vals['loss']:.4f}", lr=f"{vals['lr']:.2e}")
@@ -207,6 +211,7 @@ class Trainer:
                 exported = export_run(self)
             return {"losses": losses, "exported": exported}
         finally:
+            del batches                         # stops the loader's workers
             bar.close()
             self.close()
 
