@@ -92,6 +92,8 @@ class TrainSection:
     ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999 (with warm-up: min(decay, (1+n)/(10+n)))
     seed: int = 0
     strategy: str = "ddp"                   # ddp | fsdp (FSDP2 fully_shard; for the 14B backbone)
+    grad_sync: str = "step"                 # step: reduce gradients once per optimiser step; micro_batch: after
+    #                                         every micro-batch (FSDP2 then never holds unsharded gradients)
     deterministic: bool = True              # strict deterministic kernels (exact resume; docs/training.md §8)
 
 
@@ -149,6 +151,8 @@ class TrainConfig:
             problems.append(f"train.trainable={self.train.trainable!r} (choose {TRAINABLE})")
         if self.train.mixed_precision not in PRECISIONS:
             problems.append(f"train.mixed_precision={self.train.mixed_precision!r} (choose {PRECISIONS})")
+        if self.train.grad_sync not in ("step", "micro_batch"):
+            problems.append(f"train.grad_sync={self.train.grad_sync!r} (choose step, micro_batch)")
         if self.train.strategy not in STRATEGIES:
             problems.append(f"train.strategy={self.train.strategy!r} (choose {STRATEGIES})")
         for name in ("backbone_dtype", "param_dtype"):

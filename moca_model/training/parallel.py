@@ -53,7 +53,11 @@ def wrap(module: nn.Module, c: TrainConfig, d: Dist) -> nn.Module:
 
 def gradient_sync(model: nn.Module, sync: bool):
     """Context for one micro-batch's backward: with sync=False gradients only accumulate locally (DDP
-    `no_sync`); the last micro-batch of a step syncs."""
+    `no_sync`; FSDP2 keeps unsharded gradients and skips the reduce-scatter), so a step with several
+    micro-batches communicates once, on its last one."""
+    if hasattr(model, "set_requires_gradient_sync"):                    # FSDP2 (fully_shard)
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()

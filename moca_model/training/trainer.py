@@ -123,7 +123,8 @@ class Trainer:
             micro = [samples for samples, _ in self.micro_batches(self.step)]
         for m, samples in enumerate(micro):
             batch = self.objective.make_batch(samples, self.stream.positions(self.step, m)).to(self.device, pdt)
-            with parallel.gradient_sync(self.model, m == n_micro - 1):
+            last = m == n_micro - 1
+            with parallel.gradient_sync(self.model, last or c.train.grad_sync == "micro_batch"):
                 with self._autocast():
                     terms = self.objective.losses(self.model, batch)
                 (terms["loss"].mean() / n_micro).backward()
