@@ -37,7 +37,7 @@ def moca_flops(config: MoCAConfig, grid, num_id_tokens: int | None = None) -> fl
     N, L, D, a, d, E = h * w, T * h * w, c.dim, c.moca_dim, c.id_dim, c.num_experts
     M = c.num_id_tokens if num_id_tokens is None else num_id_tokens
     windows = [1 if s == WHOLE_CLIP else math.ceil(T / s) for s in c.scales]   # the whole clip is one window
-    Tq, Tmax = sum(windows), max(windows)
+    Tq = sum(windows)
     per_layer = (2 * L * D * a             # shared Q projection (once, before pooling)
                  + 2 * Tq * T * N * a      # pooling every scale (one einsum over time)
                  + 2 * Tq * T * D          # pooling the frame summaries
@@ -46,7 +46,7 @@ def moca_flops(config: MoCAConfig, grid, num_id_tokens: int | None = None) -> fl
                  + 2 * D * E               # router: time projection, once per sample (Wan 2.1's vec)
                  + 2 * Tq * D * d          # window summaries -> tokens
                  + 2 * (M + Tq) * d * E * 2 * a   # per-expert K and V
-                 + 4 * Tq * N * (M + Tmax) * a    # attention of every window
+                 + sum(4 * W * N * (M + W) * a for W in windows)   # attention: each expert's windows, M + W keys
                  + 2 * E * L * a           # router mix
                  + 2 * L * a * D)          # output projection
     return c.num_layers * per_layer
