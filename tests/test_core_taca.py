@@ -1,12 +1,24 @@
-"""The TACA experts against a window-by-window reference; one graph under torch.compile."""
+"""The TACA experts against a window-by-window reference, and per call: no host synchronisation, no index
+tensors built from Python lists, one graph under torch.compile."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from moca_model import MoCAConfig, MoCALayer, MoCAOptions
 from moca_model.htp import window_bounds
 from moca_model.taca import TIME_FREQ_DIM
 from moca_model.wan import sinusoidal_embedding_1d
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def layer_and_inputs(T=5, h=2, w=3, seed=0):
@@ -17,6 +29,22 @@ def layer_and_inputs(T=5, h=2, w=3, seed=0):
         torch.nn.init.normal_(p, std=0.05)
     x, vec = torch.randn(2, T * h * w, cfg.dim), torch.randn(2, 1, 6, cfg.dim)
     return cfg, layer, (x, vec, torch.randn(2, 12, cfg.id_dim), (T, h, w))
+
+
+@pytest.mark.parametrize("options", [{}, {"expert_gains": (1.0, 2.0, 0.5, 1.0), "scale_enabled": {"2": False}},
+                                     {"top_k": 2, "temperature": 0.5}])
+@torch.no_grad()
+def test_a_layer_call_never_waits_for_the_device(options):
+    """`bool(plan.kv_valid.all())` read a tensor back to the host in every layer (a CUDA sync; aten's
+    _local_scalar_dense), and the router turned Python lists into tensors on every call (lift_fresh: a
+    host-to-device copy on CUDA). Both now come precomputed with the window plan."""
+    cfg, layer, args = layer_and_inputs()
+    opts = MoCAOptions(**options).resolve(cfg)
+    layer(*args, opts)                                                    # first call builds the cached plan
+    with OpLog() as log:
+        layer(*args, opts)
+    assert "aten._local_scalar_dense.default" not in log.ops
+    assert "aten.lift_fresh.default" not in log.ops
 
 
 @pytest.mark.parametrize("T", [1, 6, 7])
