@@ -101,6 +101,7 @@ class TrainSection:
 class CheckpointSection:
     every: int = 500                        # optimiser steps between checkpoints (0 = only the last)
     keep_last: int = 3
+    strict_resume: bool = True              # refuse to resume with another data stream (seed, shards, text_len)
 
 
 @dataclass
