@@ -15,13 +15,15 @@ import torch
 from ..adapter import MoCAAdapter
 from ..checkpoint import save_moca
 from ..config import MoCAConfig
+from .config import DTYPES
 
 ADAPTER_PREFIX = "dit.adapter."
 
 
-def _dtype(name: str):
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-            "float64": torch.float32}[name]
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"export dtype {name!r}: choose one of {list(DTYPES)}")
+    return DTYPES[name]
 
 
 def export_state(state: dict, mcfg: MoCAConfig, out, dtype="float32", metadata: dict | None = None,
