@@ -2,9 +2,9 @@
 validation and checkpoints. Launch with `python train_moca.py --config FILE` on one device or
 `torchrun --nproc_per_node N train_moca.py --config FILE` on many; only rank 0 writes files.
 
-The parts live next to it, one concern each: `distributed` (processes, determinism), `build` (the model and
-the loss), `parallel` (FSDP2 / DDP), `checkpointing` (save / exact resume), `metrics` (metrics.jsonl,
-TensorBoard), `validation`, `export`.
+The parts live next to it, one concern each: `distributed` (processes, determinism), `data` (shards, the
+per-process sample stream, reading ahead), `build` (the model and the loss), `parallel` (FSDP2 / DDP),
+`checkpointing` (save / exact resume), `metrics` (metrics.jsonl, TensorBoard), `validation`, `export`.
 """
 from __future__ import annotations
 
