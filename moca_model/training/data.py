@@ -17,7 +17,7 @@ import json
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -237,22 +237,21 @@ class SampleOrder:
     num_samples: int
     seed: int = 0
     shuffle: bool = True
+    _last: tuple | None = field(default=None, init=False, repr=False, compare=False)   # (epoch, permutation)
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=g)
+        if self._last is None or self._last[0] != epoch:
+            if not self.shuffle:
+                perm = torch.arange(self.num_samples)
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(self.num_samples, generator=g)
+            self._last = (epoch, perm)
+        return self._last[1]
 
     def indices(self, start: int, count: int) -> list[int]:
         """Dataset indices at stream positions [start, start + count)."""
-        out, cache = [], {}
-        for p in range(start, start + count):
-            e = p // self.num_samples
-            if e not in cache:
-                cache = {e: self._perm(e)}
-            out.append(int(cache[e][p % self.num_samples]))
-        return out
+        return [int(self._perm(p // self.num_samples)[p % self.num_samples]) for p in range(start, start + count)]
 
 
 @dataclass
