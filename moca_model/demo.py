@@ -66,11 +66,8 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
     else:
         # An untrained adapter is exactly the backbone; give it seeded random projections so the
         # identity path visibly does something in the demo.
-        g = torch.Generator().manual_seed(args.weight_seed + 1)
-        with torch.no_grad():
-            for layer in model.adapter.layers:
-                for p in (layer.out.weight, layer.router.proj_x.weight):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        from .adapter import live_adapter
+        live_adapter(model, args.weight_seed + 1)
         notes.append("RANDOM MoCA adapter: no trained MoCA weights exist yet (train them with train_moca.py)")
     return model.eval(), notes
 
