@@ -175,6 +175,13 @@ def test_pixel_and_pose_copy(packs):
     turned = world.render([(world.Person.from_seed(PERSON_A), world.Pose(yaw=0.5, smile=0.9))], "white_wall",
                           "daylight").faces[0].kps
     assert M.pose_copy(dets, turned)["pose_sim"] < 0.5
+    # against a baseline: a held-out clip that follows its prompt vs the same clip replaced by the reference pose
+    clip, ref_r = world.make_clip(PERSON_A, 3), world.make_reference(PERSON_A, 3)
+    follow = [f[0].kps for f in clip.faces]
+    honest = M.pose_copy(follow, ref_r.faces[0].kps, baseline_kps=follow)
+    pasted = M.pose_copy([ref_r.faces[0].kps] * len(follow), ref_r.faces[0].kps, baseline_kps=follow)
+    assert honest["excess"] == pytest.approx(0.0) and pasted["pose_sim"] == pytest.approx(1.0)
+    assert pasted["excess"] == pytest.approx(1.0 - honest["baseline_pose_sim"]) and pasted["excess"] > 0
 
 
 def test_toy_copy_paste_scene():

@@ -26,7 +26,8 @@ Copy-paste ("how much the video copies the reference beyond identity") has three
   already makes crops similar, so compare variants, or pass ``other_reference`` (another photo of the same
   person) to get ``margin_ssim`` / ``margin_l1`` = similarity to the given reference minus similarity to the other one;
 * ``pose_copy`` (any video with landmarks): how close each frame's head pose and mouth shape, read from the
-  5 keypoints, are to the reference's;
+  5 keypoints, are to the reference's; with ``baseline_kps`` (toy world: the world's own clip of the
+  prompt) also the excess over what following the prompt scores;
 * ``toy_copy_paste`` (toy world, where both are known): whether the world's background / lighting
   classifiers see the *reference's* scene instead of the prompt's.
 
@@ -182,10 +183,10 @@ def detect_frames(analyzer: FaceAnalyzer, frames, det_size: int | None = None,
     return _detect_loaded(analyzer, load_images(frames), det_size, det_thresh)
 
 
-def _detect_loaded(analyzer, imgs, det_size=None, det_thresh=None) -> list:
+def _detect_loaded(analyzer, imgs, det_size=None, det_thresh=None, fallback: bool = False) -> list:
     out = []
     for img in imgs:
-        faces, _ = analyzer.detect_loaded(img, det_size, det_thresh, False)
+        faces, _ = analyzer.detect_loaded(img, det_size, det_thresh, fallback)
         out.append(order_faces(faces, "largest")[0] if faces else None)
     return out
 
@@ -251,14 +252,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.T
 
 
 def face_crops(analyzer: FaceAnalyzer, frames, detections: Sequence | None = None, size: int = 112,
-               context: bool = True) -> list:
+               context: bool = True, fallback: bool = False) -> list:
     """Aligned crops [size, size, 3] float 0..1 of each frame's face (None = no face). ``context``: the
     local crop of *MoCA Encode Face* (1.8x the ArcFace crop: face, hair, chin and some background around
     them), else the tight ArcFace crop."""
     from ..face import align as A
     imgs = load_images(frames)
     if detections is None:
-        detections = _detect_loaded(analyzer, imgs)
+        detections = _detect_loaded(analyzer, imgs, fallback=fallback)
     extra = (A.LOCAL_MARGIN, A.LOCAL_CENTER) if context else ()
     out = []
     for img, d in zip(imgs, detections):
@@ -268,7 +269,7 @@ def face_crops(analyzer: FaceAnalyzer, frames, detections: Sequence | None = Non
 
 
 def _reference_crop(analyzer, reference, size, context):
-    crops = face_crops(analyzer, reference, None, size, context)
+    crops = face_crops(analyzer, reference, None, size, context, fallback=True)   # like encode(): a photo
     if not crops or crops[0] is None:
         raise ValueError("pixel_copy: no face found in the reference image")
     return crops[0]
@@ -290,6 +291,8 @@ def pixel_copy(analyzer: FaceAnalyzer, frames, reference, detections: Sequence |
     per = [None] * len(crops)
     res = {"ssim_max": 0.0, "ssim_mean": 0.0, "l1sim_max": 0.0, "l1sim_mean": 0.0, "per_frame": per,
            "n_no_face": len(crops) - len(idx)}
+    if other_reference is not None:
+        res.update(margin_ssim=0.0, margin_l1=0.0)
     if not idx:
         return res
     stack = torch.stack([crops[i] for i in idx])
@@ -308,34 +311,50 @@ def pixel_copy(analyzer: FaceAnalyzer, frames, reference, detections: Sequence |
 
 
 def face_geometry(kps) -> np.ndarray:
-    """(yaw, pitch, roll in degrees, mouth width / eye distance) of landmarks [5, 2] or [N, 5, 2] -> [N, 4].
-    The mouth ratio widens with a smile; it also depends on the person, so compare it within one identity."""
+    """(yaw, pitch, roll in degrees, mouth width / eye distance) of landmarks [5, 2] or [N, 5, 2] -> [N, 4]
+    (``face.quality.pose_from_landmarks``). With only 5 points, "pitch" also moves with the mouth corners
+    (a smile lifts them) and the mouth ratio depends on the person: compare within one identity."""
     k = torch.as_tensor(np.asarray(kps, np.float64)).reshape(-1, 5, 2)
     pose = pose_from_landmarks(k).double()
     mouth = (k[:, 4] - k[:, 3]).norm(dim=1) / eye_distance(k).double().clamp_min(1e-6)
     return torch.cat([pose, mouth[:, None]], 1).numpy()
 
 
-def pose_copy(detections: Sequence, reference_kps, yaw_scale: float = 10.0, mouth_scale: float = 0.08) -> dict:
-    """How closely the frames' head pose and mouth shape match the reference's (from 5 keypoints).
+def _pose_sims(kps_list, ref, yaw_scale, mouth_scale):
+    g = face_geometry(np.stack(kps_list))
+    d = np.abs(g - ref[None])
+    sim = np.exp(-0.5 * ((d[:, 0] / yaw_scale) ** 2 + (d[:, 1] / yaw_scale) ** 2 + (d[:, 3] / mouth_scale) ** 2))
+    return sim, d
 
-    reference_kps: the reference face's landmarks [5, 2] (a ``Detection`` works too; in the toy world the
-    renderer's annotation). Per frame with a face: similarity exp(-(dyaw/yaw_scale)^2/2 -
-    (dpitch/yaw_scale)^2/2 - (dmouth/mouth_scale)^2/2) in 0..1; 1 = the reference's pose and expression.
-    Returns pose_sim (mean over frames with a face), pose_sim_max, mean |dyaw|, |dpitch| (degrees),
-    |dmouth| and the reference's geometry."""
+
+def pose_copy(detections: Sequence, reference_kps, baseline_kps: Sequence | None = None,
+              yaw_scale: float = 10.0, mouth_scale: float = 0.08) -> dict:
+    """How closely the frames' head pose and expression, as 5 keypoints show them, match the reference's.
+
+    detections: per frame a ``Detection``, landmarks [5, 2], or None (no face). reference_kps: the
+    reference face's landmarks (a ``Detection`` works too; in the toy world the renderer's annotation).
+    Per frame: exp(-(dyaw/yaw_scale)^2/2 - (dpitch/yaw_scale)^2/2 - (dmouth/mouth_scale)^2/2) in 0..1,
+    1 = the reference's pose and expression. Returns pose_sim (mean over frames with a face), pose_sim_max,
+    mean |dyaw|, |dpitch| (degrees), |dmouth| and the reference's geometry.
+
+    A near-frontal prompt can look like a near-frontal reference without copying it, so the absolute value
+    needs a baseline: ``baseline_kps`` = landmarks per frame of what following the prompt looks like (in
+    the toy world, the world's own clip of the same prompt and person) adds ``baseline_pose_sim`` and
+    ``excess`` = pose_sim - baseline_pose_sim (> 0: closer to the reference than the prompt explains)."""
     ref = face_geometry(_kps(reference_kps))[0]
     k = [_kps(d) for d in detections]
     idx = [i for i, v in enumerate(k) if v is not None]
-    if not idx:
-        return {"pose_sim": 0.0, "pose_sim_max": 0.0, "dyaw": None, "dpitch": None, "dmouth": None,
-                "reference": ref.tolist(), "n_no_face": len(k)}
-    g = face_geometry(np.stack([k[i] for i in idx]))
-    d = np.abs(g - ref[None])
-    sim = np.exp(-0.5 * ((d[:, 0] / yaw_scale) ** 2 + (d[:, 1] / yaw_scale) ** 2 + (d[:, 3] / mouth_scale) ** 2))
-    return {"pose_sim": float(sim.mean()), "pose_sim_max": float(sim.max()), "dyaw": float(d[:, 0].mean()),
-            "dpitch": float(d[:, 1].mean()), "dmouth": float(d[:, 3].mean()), "reference": ref.tolist(),
-            "n_no_face": len(k) - len(idx)}
+    out = {"pose_sim": 0.0, "pose_sim_max": 0.0, "dyaw": None, "dpitch": None, "dmouth": None,
+           "reference": ref.tolist(), "n_no_face": len(k) - len(idx)}
+    if idx:
+        sim, d = _pose_sims([k[i] for i in idx], ref, yaw_scale, mouth_scale)
+        out.update(pose_sim=float(sim.mean()), pose_sim_max=float(sim.max()), dyaw=float(d[:, 0].mean()),
+                   dpitch=float(d[:, 1].mean()), dmouth=float(d[:, 3].mean()))
+    if baseline_kps is not None:
+        b = [_kps(x) for x in baseline_kps if x is not None]
+        base = float(_pose_sims(b, ref, yaw_scale, mouth_scale)[0].mean()) if b else 0.0
+        out.update(baseline_pose_sim=base, excess=out["pose_sim"] - base)
+    return out
 
 
 def toy_copy_paste(classified: dict, reference: dict, prompt: dict) -> dict:
@@ -381,14 +400,16 @@ def bootstrap_ci(values, n: int = 2000, seed: int = 0, level: float = 0.95) -> t
     return (m, float(min(lo, m)), float(max(hi, m)))
 
 
-def clip_metrics(analyzer: FaceAnalyzer, frames, reference, other_reference=None, reference_kps=None) -> dict:
+def clip_metrics(analyzer: FaceAnalyzer, frames, reference, other_reference=None, reference_kps=None,
+                 baseline_kps=None) -> dict:
     """Every video-level metric of one clip in one dict (likeness, motion, pixel and pose copy).
-    reference_kps: the reference face's landmarks (detected in ``reference`` when not given)."""
+    reference_kps: the reference face's landmarks (detected in ``reference`` when not given);
+    other_reference / baseline_kps: see :func:`pixel_copy` / :func:`pose_copy`."""
     dets = detect_frames(analyzer, frames)
     out = {"likeness": likeness(analyzer, frames, reference).as_dict(), "motion": motion(frames, dets)}
     out["pixel_copy"] = pixel_copy(analyzer, frames, reference, dets, other_reference)
     if reference_kps is None:
-        rd = detect_frames(analyzer, reference)
+        rd = _detect_loaded(analyzer, load_images(reference), fallback=True)
         reference_kps = rd[0] if rd and rd[0] is not None else None
-    out["pose_copy"] = pose_copy(dets, reference_kps) if reference_kps is not None else None
+    out["pose_copy"] = pose_copy(dets, reference_kps, baseline_kps) if reference_kps is not None else None
     return out
