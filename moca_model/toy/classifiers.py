@@ -22,7 +22,7 @@ VAE: Gaussian blur, down/up-scaling, small per-channel colour gains (+-6%, far b
 differences), brightness offsets, noise; and horizontal flips that swap turn_left / turn_right. Held-out
 accuracy (HELDOUT_IDS, clean and degraded) goes into the safetensors metadata.
 
-    python -m moca_model.toy.classifiers train --data /work/toydata/cls      # writes toy_models/eval/...
+    python -m moca_model.toy.classifiers train --data /work/toydata/cls   # ~1000 CPU-s on 1 core; writes toy_models/eval/...
     python -m moca_model.toy.classifiers eval                                # held-out accuracy of the shipped file
 
     from moca_model.toy.classifiers import classify
@@ -336,9 +336,9 @@ def lr_at(step: int, lr: float, warmup: int, total: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train_classifiers(out_path=DEFAULT_PATH, steps: int = 600, seed: int = 0, data_dir=DEFAULT_DATA,
-                      n_train: int = 3000, n_eval: int = 300, batch_size: int = 32, lr: float = 3e-3,
-                      checkpoint_every: int = 100, threads: int = 2, log=print) -> dict:
+def train_classifiers(out_path=DEFAULT_PATH, steps: int = 800, seed: int = 0, data_dir=DEFAULT_DATA,
+                      n_train: int = 2400, n_eval: int = 300, batch_size: int = 32, lr: float = 3e-3,
+                      checkpoint_every: int = 100, threads: int = 1, log=print) -> dict:
     """Render (once) and train the classifiers, export safetensors with labels and held-out accuracy in
     the metadata. Resumes from ``<data_dir>/run_v<VERSION>_s<seed>/checkpoints``. Returns the metadata dict."""
     from ..training.train_state import flatten_optimizer, list_checkpoints, load_checkpoint, save_checkpoint
@@ -480,10 +480,10 @@ def main(argv=None) -> int:
     t = sub.add_parser("train")
     t.add_argument("--out", default=str(DEFAULT_PATH))
     t.add_argument("--data", default=str(DEFAULT_DATA), help="rendered clips + checkpoints (never committed)")
-    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--steps", type=int, default=800)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--n-train", type=int, default=3000)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--n-train", type=int, default=2400)
+    t.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("eval")
     e.add_argument("--path", default=str(DEFAULT_PATH))
     e.add_argument("--data", default=str(DEFAULT_DATA))
