@@ -76,7 +76,9 @@ def train_backbone(shards, out_dir, *, preset: str = "toy", steps: int = 3000, b
     log(f"[toy-backbone] {lat.shape[0]} clips, latents {list(lat.shape[1:])}, preset {preset}")
     model = MoCADiT(MoCAConfig.preset(preset))
     model.adapter.requires_grad_(False)                 # text only: the (zero-init) adapter stays out
-    params = [p for n, p in model.named_parameters() if not n.startswith("adapter.")]
+    named = [(n, p) for n, p in model.named_parameters() if not n.startswith("adapter.")]
+    params = [p for _, p in named]
+    names = [n for n, _ in named]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema = EMAWarmup(model, ema_decay)
     start = 0
@@ -84,7 +86,11 @@ def train_backbone(shards, out_dir, *, preset: str = "toy", steps: int = 3000, b
     if ckpts:
         ck = load_checkpoint(ckpts[-1])
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        osd = ck["optimizer"]                                   # parameter names -> the optimiser's indices
+        index = {n: i for i, n in enumerate(names)}
+        opt.load_state_dict({"state": {index[k]: v for k, v in osd["state"].items()},
+                             "param_groups": [dict(g, params=[index[n] for n in g["params"]])
+                                              for g in osd["param_groups"]]})
         ema.shadow = {k: v.float() for k, v in ck["ema"].items()}
         ema.n = start = int(ck["state"]["step"])
         log(f"[toy-backbone] resumed from {ckpts[-1]}")
@@ -117,7 +123,10 @@ def train_backbone(shards, out_dir, *, preset: str = "toy", steps: int = 3000, b
             log(f"[toy-backbone] step {done}/{steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
                 f"({rate:.2f} s/step)")
         if done % checkpoint_every == 0 or done == steps:
-            ot, og = flatten_optimizer(opt.state_dict())
+            osd = opt.state_dict()
+            ot, og = flatten_optimizer({"state": {names[i]: v for i, v in osd["state"].items()},
+                                        "param_groups": [dict(g, params=[names[i] for i in g["params"]])
+                                                         for g in osd["param_groups"]]})
             save_checkpoint(out_dir, done, model.state_dict(), ot, og, ema.shadow,
                             {"samples_seen": done * batch_size, "preset": preset, "seed": seed}, keep_last=2)
     model.load_state_dict({k: v for k, v in ema.shadow.items()})

@@ -173,4 +173,11 @@ def _adapter(data, ids, a):
     return {}
 
 
-STAGE_FUNCS = {"world": _world, "cache": _cache, "backbone": _backbone, "adapter": _adapter}
+def _classifiers(data, ids, a):
+    from .classifiers import train_classifiers
+    train_classifiers(paths()["classifiers"], data_dir=data / "cls")
+    return {}
+
+
+STAGE_FUNCS = {"world": _world, "cache": _cache, "backbone": _backbone, "adapter": _adapter,
+               "classifiers": _classifiers}
