@@ -132,9 +132,16 @@ def main(argv=None):
 
     out = Path(args.out)
     real = (args.checkpoint, args.wan, args.adapter, args.preset, args.text_embeds, args.identity, args.face)
+    fallback = None
     if not any(real):
-        from .toy.demo import run as toy_demo
-        return toy_demo(out, person=args.toy_person, seed=args.seed, steps=args.steps, overwrite=args.overwrite)
+        from .toy.pipeline import missing_files
+        missing = missing_files()
+        if not missing:
+            from .toy.demo import run as toy_demo
+            return toy_demo(out, person=args.toy_person, seed=args.seed, steps=args.steps, overwrite=args.overwrite)
+        fallback = ("the toy world's trained models are not in this checkout yet (" + "; ".join(missing) +
+                    "): running seeded RANDOM weights instead; `make toy` builds them")
+        print("MoCA demo: " + fallback)
     args.preset = args.preset or "tiny"
     args.steps = args.steps or 20
     targets = [out / "demo.mp4", out / "demo_no_identity.mp4", out / "report.json"]
@@ -158,7 +165,7 @@ def main(argv=None):
         context, negative = stand_in_text(args.prompt, c.text_dim), stand_in_text(args.negative, c.text_dim)
         notes.append("text: a STAND-IN embedding hashed from the prompt (no umT5 encoder is loaded)")
     identity, id_notes = build_identity(args, model)
-    notes += id_notes
+    notes += id_notes + ([fallback] if fallback else [])
     T = (args.frames - 1) // 4 + 1
     noise = make_noise((1, c.in_dim, T, args.height // 8, args.width // 8), args.seed)
     common = dict(steps=args.steps, text_cfg=args.text_cfg, shift=args.shift, solver=args.solver, progress=True)

@@ -66,3 +66,14 @@ def test_demo_takes_real_input_files(tmp_path):
     notes = " ".join(report["notes"])
     assert "MoCA adapter from" in notes and "umT5 states from" in notes and "2 reference(s)" in notes
     assert report["latent_mean_abs_diff_identity_vs_none"] > 0
+
+
+def test_default_demo_without_toy_models_says_so(tmp_path, monkeypatch, capsys):
+    """With no model flags the demo runs the toy world's trained models; where they are missing it runs the
+    random tiny model and says so (never a silent stand-in)."""
+    from moca_model.toy import pipeline
+    monkeypatch.setitem(pipeline.FILES, "adapter", tmp_path / "absent.safetensors")
+    report = demo.main(["--out", str(tmp_path / "o"), "--steps", "1", "--frames", "5", "--height", "32",
+                        "--width", "32"])
+    assert any("not in this checkout yet" in n and "absent.safetensors" in n for n in report["notes"])
+    assert "make toy" in capsys.readouterr().out
