@@ -1,4 +1,5 @@
-# One command each for a fresh machine:  `make demo`  (the README's "run it")  and  `make test`.
+# One command each for a fresh machine:  `make demo`  (the README's "run it")  and  `make test`;
+# `make toy` retrains the toy world's models that `make demo` shows.
 # Both create ./.venv and install what they need. TORCH is the torch requirement for that venv; the
 # default pins the CPU wheel CI machines carry. ComfyUI users never run this: ComfyUI owns torch.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.moca-installed
 
-.PHONY: test test-core test-comfyui demo bench clean-venv
+.PHONY: test test-core test-comfyui demo bench toy clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ test-comfyui: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m moca_model demo --out out/demo --overwrite
+
+# Rebuild every toy-world model from nothing (resumable: run it again after an interruption).
+toy: $(STAMP)
+	$(BIN)/python -m moca_model.toy build
 
 bench: $(STAMP)
 	$(BIN)/python -m moca_model bench

@@ -1,6 +1,7 @@
 """MoCAAdapter: every MoCA layer plus the IdentityTokenizer -- the part an adapter file holds."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .config import MoCAConfig
@@ -40,3 +41,16 @@ class MoCAAdapter(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def live_adapter(model, seed: int = 0):
+    """Seeded random output projections and routers (std 0.02) for an untrained adapter (`model` is a MoCADiT
+    or a MoCAAdapter), so the identity path visibly acts and nothing is short-circuited by zeros: the CPU demo
+    and the benchmarks, never a trained model."""
+    adapter = getattr(model, "adapter", model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in adapter.layers:
+            for p in (layer.out.weight, layer.router.proj_x.weight):
+                p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
+    return model

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from .adapter import live_adapter
 from .config import MoCAConfig
 from .dit import MoCADiT
 from .flops import latent_grid, overhead
@@ -43,15 +44,6 @@ def make_inputs(model, T, h, w, device, dtype, text_len=64, seed=0):
         ident = model.adapter.tokenizer(arcface=torch.randn(1, 512, generator=g).to(device, dtype),
                                         face_latent=torch.randn(1, 16, 1, 32, 32, generator=g).to(device, dtype))
     return x, t, ctx, ident
-
-
-def live_adapter(model, seed=0):
-    """Non-zero output projections and routers, so nothing is short-circuited by zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.adapter.layers:
-            for p in (layer.out.weight, layer.router.proj_x.weight):
-                p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
 
 
 def bench_sampler(model, T: int, hw: tuple[int, int], device="cpu", dtype=torch.float32, steps: int = 3,

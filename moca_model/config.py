@@ -58,7 +58,7 @@ class MoCAConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def preset(cls, name: str, **overrides) -> "MoCAConfig":
-        """Named configurations: 'tiny' (tests, CPU demo), 'small' (CPU benchmarks),
+        """Named configurations: 'tiny' (tests), 'toy' (the toy world's trained models), 'small' (CPU benchmarks),
         'wan2.1-1.3b' and 'wan2.1-14b' (the real Wan 2.1 T2V backbones)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown MoCA preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -109,6 +109,11 @@ PRESETS: dict[str, MoCAConfig] = {
     "tiny": MoCAConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2,
                        moca_dim=128, moca_heads=2, id_dim=128,
                        num_global_tokens=4, num_local_tokens=8, resampler_depth=1),
+    # toy: the toy world's backbone (moca_model/toy), trained from scratch on CPU; 4 blocks of width 256
+    # (head width 128, so ComfyUI's own loader takes it) and 16 local identity tokens from a 128 px face crop.
+    "toy": MoCAConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=4,
+                      moca_dim=128, moca_heads=2, id_dim=128,
+                      num_global_tokens=4, num_local_tokens=16, resampler_depth=1),
     # small keeps the 1.3B model's proportions (ffn ~ 6x dim, moca_dim = dim / 2) at CPU-friendly width.
     "small": MoCAConfig(dim=512, ffn_dim=3072, num_heads=4, num_layers=4,
                         moca_dim=256, moca_heads=2, id_dim=256,

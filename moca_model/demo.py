@@ -1,10 +1,12 @@
-"""`python -m moca_model demo --out DIR`: text + identity -> video with the standalone sampler, on the CPU.
+"""`python -m moca_model demo --out DIR`: reference photo + text -> video with the standalone sampler, on the CPU.
 
-With no files given it runs the embedded default: the `tiny` preset with seeded RANDOM weights (no
-trained MoCA weights exist yet), a stand-in text embedding derived from the prompt (no umT5 encoder is
-loaded) and a stand-in identity. The output shows that the whole pipeline runs and what it costs, not a
-likeness. Give real files (--checkpoint, or --wan + --adapter, --text-embeds, --identity / --face) to
-run a real model.
+With no model flags it runs the embedded default: the toy world's trained models (moca_model/toy/demo.py):
+a held-out toy person's photo and two prompts -> demo.mp4 (reference | with identity | same seed without),
+report.json with the likeness under the evaluation recogniser, demo_strip.png.
+
+Real files (--checkpoint, or --wan + --adapter, --text-embeds, --identity / --face) run a real Wan model;
+`--preset tiny` (or small, ...) with no files runs seeded RANDOM weights with stand-in text and identity,
+which shows the pipeline and its cost, not a likeness.
 """
 from __future__ import annotations
 
@@ -64,11 +66,8 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
     else:
         # An untrained adapter is exactly the backbone; give it seeded random projections so the
         # identity path visibly does something in the demo.
-        g = torch.Generator().manual_seed(args.weight_seed + 1)
-        with torch.no_grad():
-            for layer in model.adapter.layers:
-                for p in (layer.out.weight, layer.router.proj_x.weight):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        from .adapter import live_adapter
+        live_adapter(model, args.weight_seed + 1)
         notes.append("RANDOM MoCA adapter: no trained MoCA weights exist yet (train them with train_moca.py)")
     return model.eval(), notes
 
@@ -105,7 +104,10 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="output folder (demo.mp4, demo_no_identity.mp4, report.json)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--negative", default=DEFAULT_NEGATIVE)
-    ap.add_argument("--preset", default="tiny", help="model size when no checkpoint is given (default tiny)")
+    ap.add_argument("--preset", default=None, help="run seeded RANDOM weights of this preset (tiny, small, ...) "
+                    "instead of the toy world's trained models")
+    ap.add_argument("--toy-person", type=int, default=0, help="which held-out toy person (0..199) the default "
+                    "demo shows")
     ap.add_argument("--checkpoint", help="a combined MoCA-DiT .safetensors")
     ap.add_argument("--wan", help="a Wan 2.1 T2V .safetensors for the backbone")
     ap.add_argument("--adapter", help="a MoCA adapter .safetensors")
@@ -117,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=17, help="video frames (4k+1; default 17)")
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
     ap.add_argument("--solver", default="dpmpp_2m", choices=SOLVERS)
     ap.add_argument("--text-cfg", type=float, default=5.0)
     ap.add_argument("--id-cfg", type=float, default=1.5)
@@ -129,6 +131,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     out = Path(args.out)
+    real = (args.checkpoint, args.wan, args.adapter, args.preset, args.text_embeds, args.identity, args.face)
+    fallback = None
+    if not any(real):
+        from .toy.pipeline import missing_files
+        missing = missing_files()
+        if not missing:
+            from .toy.demo import run as toy_demo
+            return toy_demo(out, person=args.toy_person, seed=args.seed, steps=args.steps, overwrite=args.overwrite)
+        fallback = ("the toy world's trained models are not in this checkout yet (" + "; ".join(missing) +
+                    "): running seeded RANDOM weights instead; `make toy` builds them")
+        print("MoCA demo: " + fallback)
+    args.preset = args.preset or "tiny"
+    args.steps = args.steps or 20
     targets = [out / "demo.mp4", out / "demo_no_identity.mp4", out / "report.json"]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not args.overwrite:
@@ -150,7 +165,7 @@ def main(argv=None):
         context, negative = stand_in_text(args.prompt, c.text_dim), stand_in_text(args.negative, c.text_dim)
         notes.append("text: a STAND-IN embedding hashed from the prompt (no umT5 encoder is loaded)")
     identity, id_notes = build_identity(args, model)
-    notes += id_notes
+    notes += id_notes + ([fallback] if fallback else [])
     T = (args.frames - 1) // 4 + 1
     noise = make_noise((1, c.in_dim, T, args.height // 8, args.width // 8), args.seed)
     common = dict(steps=args.steps, text_cfg=args.text_cfg, shift=args.shift, solver=args.solver, progress=True)

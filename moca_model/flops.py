@@ -29,19 +29,24 @@ def backbone_flops(config: MoCAConfig, grid, text_len: int = 512) -> float:
 
 
 def moca_flops(config: MoCAConfig, grid, num_id_tokens: int | None = None) -> float:
-    """Added FLOPs of the MoCA layers (all experts enabled) for one forward."""
+    """Added FLOPs of the MoCA layers (all experts enabled) for one forward, term by term as `taca.py`,
+    `router.py` and `htp.py` compute them (tests/test_core_flops.py checks this against torch's FLOP counter)."""
+    from .taca import TIME_FREQ_DIM
     c = config
     T, h, w = grid
     N, L, D, a, d, E = h * w, T * h * w, c.dim, c.moca_dim, c.id_dim, c.num_experts
     M = c.num_id_tokens if num_id_tokens is None else num_id_tokens
-    windows = [T if s == WHOLE_CLIP else math.ceil(T / s) for s in c.scales]
-    Tq, Tmax = sum(windows), max(windows)
+    windows = [1 if s == WHOLE_CLIP else math.ceil(T / s) for s in c.scales]   # the whole clip is one window
+    Tq = sum(windows)
     per_layer = (2 * L * D * a             # shared Q projection (once, before pooling)
                  + 2 * Tq * T * N * a      # pooling every scale (one einsum over time)
-                 + 2 * L * D * E * 2       # router: LN(x) and time projections
+                 + 2 * Tq * T * D          # pooling the frame summaries
+                 + 2 * Tq * TIME_FREQ_DIM * (a + d)   # window-centre embeddings (queries, summaries)
+                 + 2 * L * D * E           # router: LN(x) per token
+                 + 2 * D * E               # router: time projection, once per sample (Wan 2.1's vec)
                  + 2 * Tq * D * d          # window summaries -> tokens
                  + 2 * (M + Tq) * d * E * 2 * a   # per-expert K and V
-                 + 4 * Tq * N * (M + Tmax) * a    # attention of every window
+                 + sum(4 * W * N * (M + W) * a for W in windows)   # attention: each expert's windows, M + W keys
                  + 2 * E * L * a           # router mix
                  + 2 * L * a * D)          # output projection
     return c.num_layers * per_layer

@@ -4,7 +4,8 @@ For a scale `s`, the T latent frames are cut into ceil(T/s) windows of s frames 
 ceil mode) and each window is averaged. Scale 0 means "the whole clip" (one window of T frames).
 Pooling is linear, so it is applied as one matrix over time to *projected* queries:
 pool_s(Wq x) == Wq pool_s(x). All enabled scales are stacked into one pooling matrix `P [Tq, T]`
-(Tq = total number of windows), so every expert is pooled in one einsum and attended in one batched call.
+(Tq = total number of windows; the windows of the k-th enabled expert are the rows `plan.rows[k]`), so
+every expert is pooled in one einsum.
 """
 from __future__ import annotations
 
@@ -20,20 +21,15 @@ from .config import WHOLE_CLIP
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """Where every window of every enabled expert lies, for one clip length T (all tensors on `device`)."""
+    """Where every window of every enabled expert lies, for one clip length T. Made once per (T, scales,
+    enabled experts, device) and cached, so a layer call builds nothing on the host."""
     T: int
-    experts: tuple            # enabled expert ids (indices into config.scales), in mixing order
-    pool: torch.Tensor        # [Tq, T]  averaging weights (rows sum to 1)
-    row_expert: torch.Tensor  # [Tq]     expert id of each window row
-    row_slot: torch.Tensor    # [Tq]     position of that expert in `experts`
-    centre: torch.Tensor      # [Tq]     window centre, in latent frames
-    unpool: torch.Tensor      # [E_on, T] row holding frame t for each enabled expert
-    kv_rows: torch.Tensor     # [Tq, Tmax] the summary rows an expert's window may attend to (padded)
-    kv_valid: torch.Tensor    # [Tq, Tmax] False where kv_rows is padding
-
-    @property
-    def num_rows(self) -> int:
-        return self.pool.shape[0]
+    experts: tuple              # enabled expert ids (indices into config.scales), in mixing order
+    rows: tuple                 # per enabled expert: (start, stop) of its windows among the Tq rows
+    pool: torch.Tensor          # [Tq, T]  averaging weights (rows sum to 1)
+    centre: torch.Tensor        # [Tq]     window centre, in latent frames
+    unpool: torch.Tensor        # [E_on, T] row holding frame t, per enabled expert
+    expert_index: torch.Tensor  # [E_on]   `experts` as a tensor (the router's index)
 
 
 def window_bounds(T: int, scale: int) -> list[tuple[int, int]]:
@@ -43,38 +39,20 @@ def window_bounds(T: int, scale: int) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=64)
-def _plan_cpu(T: int, scales: tuple, experts: tuple):
-    pool, row_expert, row_slot, centre, unpool, rows_of = [], [], [], [], [], []
-    for slot, e in enumerate(experts):
-        bounds = window_bounds(T, scales[e])
-        first = len(pool)
-        rows_of.append(list(range(first, first + len(bounds))))
-        frame_row = []
-        for j, (a, b) in enumerate(bounds):
-            w = torch.zeros(T)
-            w[a:b] = 1.0 / (b - a)
-            pool.append(w)
-            row_expert.append(e)
-            row_slot.append(slot)
-            centre.append((a + b - 1) / 2)
-            frame_row += [first + j] * (b - a)
-        unpool.append(frame_row)
-    t_max = max(len(r) for r in rows_of)
-    kv_rows, kv_valid = [], []
-    for slot in row_slot:
-        rows = rows_of[slot]
-        kv_rows.append(rows + [rows[0]] * (t_max - len(rows)))
-        kv_valid.append([True] * len(rows) + [False] * (t_max - len(rows)))
-    return (torch.stack(pool), torch.tensor(row_expert), torch.tensor(row_slot),
-            torch.tensor(centre, dtype=torch.float32), torch.tensor(unpool),
-            torch.tensor(kv_rows), torch.tensor(kv_valid))
-
-
-@lru_cache(maxsize=64)
 def _plan(T: int, scales: tuple, experts: tuple, device: torch.device) -> WindowPlan:
+    pool, centre, unpool, rows = [], [], [], []
+    for e in experts:
+        first, frame_row = len(pool), []
+        for a, b in window_bounds(T, scales[e]):
+            frame_row += [len(pool)] * (b - a)
+            pool.append([1.0 / (b - a) if a <= t < b else 0.0 for t in range(T)])
+            centre.append((a + b - 1) / 2)
+        rows.append((first, len(pool)))
+        unpool.append(frame_row)
     with torch.inference_mode(False):   # cached: must stay usable outside inference mode (training)
-        tensors = [t.to(device) for t in _plan_cpu(T, scales, experts)]   # cached per device: no copies per step
-    return WindowPlan(T, experts, *tensors)
+        return WindowPlan(T, experts, tuple(rows), torch.tensor(pool, device=device),
+                          torch.tensor(centre, dtype=torch.float32, device=device),
+                          torch.tensor(unpool, device=device), torch.tensor(experts, device=device))
 
 
 class HierarchicalTemporalPooling(nn.Module):

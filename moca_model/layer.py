@@ -49,6 +49,6 @@ class MoCALayer(nn.Module):
         xn = self.norm(x)                                                              # [B, L, D]
         plan = self.htp.plan(T, opts.experts, x.device)
         y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, Tq, N, a]
-        r = self.router(xn, vec, opts).to(y.dtype)                                     # [B, L, E_on]
+        r = self.router(xn, vec, opts, plan).to(y.dtype)                               # [B, L, E_on]
         mixed = self.htp.unpool_mix(y, r.view(B, T, h * w, -1), plan)                  # [B, T, N, a]
         return self.out(mixed.reshape(B, L, -1)) * opts.strength

@@ -1,11 +1,21 @@
 """The MoCA router: per token, a soft mixture over the TACA experts."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .htp import WindowPlan
 from .options import ResolvedOptions
+
+
+@lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device) -> torch.Tensor:
+    """A float32 tensor of `values` on `device`, made once (no host-to-device copy per call)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 class MoCARouter(nn.Module):
@@ -36,12 +46,16 @@ class MoCARouter(nn.Module):
             logits = logits + self.proj_t(F.silu(vec.to(xn.dtype).mean(dim=-2)))
         return logits
 
-    def forward(self, xn, vec, opts: ResolvedOptions) -> torch.Tensor:
-        """Mixing weights of the enabled experts, [B, L, E_on] (float32)."""
-        logits = self.logits(xn, vec)[..., list(opts.experts)].float() / opts.temperature
+    def forward(self, xn, vec, opts: ResolvedOptions, plan: WindowPlan | None = None) -> torch.Tensor:
+        """Mixing weights of the enabled experts, [B, L, E_on] (float32). `plan` (the layer's window plan)
+        carries the enabled experts' index on the device; without it the index is built here."""
+        index = plan.expert_index if plan is not None else _constant(opts.experts, xn.device).long()
+        logits = self.logits(xn, vec).index_select(-1, index).float() / opts.temperature
         probs = logits.softmax(dim=-1)
         if 0 < opts.top_k < probs.shape[-1]:
             top = probs.topk(opts.top_k, dim=-1)
             probs = torch.zeros_like(probs).scatter_(-1, top.indices, top.values)
             probs = probs / probs.sum(dim=-1, keepdim=True)
-        return probs * probs.new_tensor(opts.expert_weight)
+        if any(w != 1.0 for w in opts.expert_weight):
+            probs = probs * _constant(opts.expert_weight, probs.device)
+        return probs

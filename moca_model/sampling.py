@@ -149,7 +149,12 @@ def _lambda(sigma: float) -> float:
 
 def _dpmpp_2m_step(x, x0, s, s_next, h_prev, x0_prev):
     """One DPM-Solver++(2M) step in data prediction for alpha = 1 - sigma; first order where the
-    log-SNR step is infinite (the first and the last step)."""
+    log-SNR step is infinite (the first and the last step).
+
+    The second step's history point is sigma = 1, at log-SNR -inf, where the log-SNR extrapolation
+    degenerates to first order. There x0 is taken linear in sigma through (1, x0_prev) and (s, x0) and
+    integrated exactly: x_next = first-order step + B (s_next - s + s_next ln(s / s_next)),
+    B = (x0 - x0_prev) / (s - 1), which is second order again."""
     a_next = 1.0 - s_next
     h = _lambda(s_next) - _lambda(s)
     # exp(-h) = (alpha_s * sigma_next) / (sigma_s * alpha_next), finite-safe at both ends.
@@ -159,4 +164,6 @@ def _dpmpp_2m_step(x, x0, s, s_next, h_prev, x0_prev):
         r = h_prev / h
         d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
     x_next = (s_next / s) * x + a_next * (1.0 - exp_neg_h) * d
+    if x0_prev is not None and math.isfinite(h) and h_prev == math.inf:
+        x_next = x_next + (x0 - x0_prev) / (s - 1.0) * (s_next - s + s_next * math.log(s / s_next))
     return x_next, h, x0

@@ -1,4 +1,4 @@
-"""Temporal-Aware Cross-Attention (TACA) experts, all experts batched in one attention call.
+"""Temporal-Aware Cross-Attention (TACA) experts.
 
 Expert e works at temporal scale s_e. Its queries are the HTP-pooled projected video queries of its
 windows, plus a sinusoidal embedding of the window-centre frame and a learned scale embedding (the
@@ -7,9 +7,10 @@ identity tokens and from that scale's per-window video summaries (mean over the 
 so the expert relates the identity to how the clip evolves. Q and O projections are shared by all
 experts (O lives in the MoCA layer, after the router mix).
 
-Batching: every window row of every enabled expert becomes one attention batch element with its own
-key set [identity tokens ; summaries of its scale] (padded to the longest scale and masked), so one
-`scaled_dot_product_attention` call serves all experts.
+Every window of one expert attends to the same keys [identity tokens ; the summaries of all its windows],
+so an expert is one attention call over all its windows' tokens. The experts run in a plain loop: it
+measured as fast as batching every window of every expert into one padded, masked call
+(scripts/bench_taca.py), which also spent work on the padding.
 """
 from __future__ import annotations
 
@@ -48,34 +49,28 @@ class TemporalAwareCrossAttention(nn.Module):
         """xn [B, T, N, D] normalised video tokens; identity [B, M, D_id].
         Returns every window's attention output, [B, Tq, N, moca_dim] (un-pool with `plan`)."""
         B, T, N, _ = xn.shape
-        M, E, a, H = identity.shape[1], self.num_experts, self.inner, self.heads
-        Tq, Tmax = plan.kv_rows.shape
-
+        a, H = self.inner, self.heads
         time = sinusoidal_embedding_1d(TIME_FREQ_DIM, plan.centre).to(xn.dtype)     # [Tq, F]
-        scale = self.scale_embed.to(device=xn.device, dtype=xn.dtype)[plan.row_expert]
-        # Queries: project once, pool every scale's windows in one einsum.
-        q = HierarchicalTemporalPooling.pool(self.q(xn), plan)                      # [B, Tq, N, a]
-        q = self.norm_q(q + (self.frame_embed(time) + scale)[:, None])
-
-        # Keys/values: identity tokens and window summaries through every expert's projection,
-        # then each window row keeps its own expert's slice.
+        # Queries of every window of every expert: project once, pool all scales in one einsum.
+        q = HierarchicalTemporalPooling.pool(self.q(xn), plan) + self.frame_embed(time)[:, None]   # [B, Tq, N, a]
+        # One summary token per window: the mean of its tokens, projected, plus its centre frame.
         summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)            # [B, Tq, D]
         summary = self.summary_proj(summary) + self.summary_time(time)              # [B, Tq, D_id]
-        kv_id = self.kv(identity.to(xn.dtype)).view(B, M, E, 2, a)
-        kv_sum = self.kv(summary).view(B, Tq, E, 2, a)
-        rows = torch.arange(Tq, device=xn.device)
-        kv_sum = kv_sum[:, rows, plan.row_expert]                                   # [B, Tq, 2, a]
-        kv = torch.cat([kv_id[:, :, plan.row_expert].transpose(1, 2),               # [B, Tq, M, 2, a]
-                        kv_sum[:, plan.kv_rows]], dim=2)                            # [B, Tq, Tmax, 2, a]
-        k, v = self.norm_k(kv[..., 0, :]), kv[..., 1, :]                            # [B, Tq, M+Tmax, a]
+        # Every expert's K and V of the identity tokens and the summaries, one projection each (through the
+        # host's casting Linear); expert e uses its slice.
+        kv_id = self.kv(identity.to(xn.dtype)).unflatten(-1, (-1, 2 * a))           # [B, M, E, 2a]
+        kv_sum = self.kv(summary).unflatten(-1, (-1, 2 * a))                        # [B, Tq, E, 2a]
+        scale_embed = self.scale_embed.to(device=xn.device, dtype=xn.dtype)
 
-        mask = None
-        if not bool(plan.kv_valid.all()):
-            valid = torch.cat([plan.kv_valid.new_ones(Tq, M), plan.kv_valid], dim=1)  # [Tq, M+Tmax]
-            mask = valid[None, :, None, None, :].expand(B, -1, -1, -1, -1).reshape(B * Tq, 1, 1, M + Tmax)
+        def heads(t):                                                # [B, L, a] -> [B, H, L, a/H]
+            return t.unflatten(-1, (H, a // H)).transpose(1, 2)
 
-        def heads(t):                                                                # [B, Tq, L, a] -> [B*Tq, H, L, a/H]
-            return t.reshape(B * Tq, t.shape[2], H, a // H).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        return out.transpose(1, 2).reshape(B, Tq, N, a)
+        out = []
+        for e, (start, stop) in zip(plan.experts, plan.rows):
+            W = stop - start                                                         # windows of this expert
+            q_e = self.norm_q(q[:, start:stop] + scale_embed[e])                     # [B, W, N, a]
+            kv = torch.cat([kv_id[:, :, e], kv_sum[:, start:stop, e]], dim=1)         # [B, M+W, 2a]
+            k, v = kv.chunk(2, dim=-1)                                               # [B, M+W, a] each
+            o = F.scaled_dot_product_attention(heads(q_e.reshape(B, W * N, a)), heads(self.norm_k(k)), heads(v))
+            out.append(o.transpose(1, 2).reshape(B, W, N, a))
+        return torch.cat(out, dim=1)                                                 # [B, Tq, N, a]

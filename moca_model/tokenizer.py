@@ -82,11 +82,6 @@ class IdentityTokenizer(nn.Module):
         if self.num_local:
             nn.init.normal_(self.queries, std=1.0 / math.sqrt(self.id_dim))
 
-    @property
-    def device_dtype(self):
-        p = self.type_embed
-        return p.device, p.dtype
-
     def forward(self, arcface: torch.Tensor | None = None, face_latent: torch.Tensor | None = None,
                 fusion: str = "mean") -> torch.Tensor:
         """arcface [B, 512] or [B, R, 512]; face_latent [B, 16, 1, h, w] or [B, R, 16, 1, h, w].

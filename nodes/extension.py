@@ -6,12 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 from . import paths
 
 paths.register_folders()
+paths.offer_toy_inputs()
 
 from .nodes_face import MoCAEncodeFace, MoCAIdentityScore, MoCALoadIdentity, MoCASaveIdentity  # noqa: E402
 from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader  # noqa: E402
 from .nodes_moca import MoCAApply, MoCAExpertMixing, MoCAIdentityConditioning, MoCATemporalPooling  # noqa: E402
 from .nodes_sampler import MoCASampler  # noqa: E402
-from .nodes_text import MoCALoadTextEmbeds, MoCASaveTextEmbeds  # noqa: E402
+from .nodes_text import MoCALoadTextEmbeds, MoCASaveTextEmbeds, MoCAToyTextEncode  # noqa: E402
 from .nodes_training import MoCASaveTrainingSample  # noqa: E402
 
 NODES = [
@@ -19,6 +20,7 @@ NODES = [
     MoCAEncodeFace, MoCASaveIdentity, MoCALoadIdentity,
     MoCATemporalPooling, MoCAExpertMixing, MoCAApply, MoCAIdentityConditioning,
     MoCASampler, MoCASaveTextEmbeds, MoCALoadTextEmbeds, MoCAIdentityScore, MoCASaveTrainingSample,
+    MoCAToyTextEncode,
 ]
 
 

@@ -65,3 +65,26 @@ class MoCALoadTextEmbeds(io.ComfyNode):
     def fingerprint_inputs(cls, embeds_file):
         path = folder_paths.get_full_path("moca_text_embeds", embeds_file)
         return os.path.getmtime(path) if path else float("nan")
+
+
+class MoCAToyTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoCAToyTextEncode", display_name="MoCA Toy Text Encode", category="MoCA/toy world",
+            description="The toy world's text encoder (a fixed word table, no model file): a prompt -> conditioning "
+                        "for the toy Wan model shipped with the pack (toy_models/). Use it with toy_wan_t2v only; "
+                        "real Wan 2.1 needs CLIP Text Encode with umT5-XXL. The toy models understand the toy "
+                        "world's words: actions (turns their head to the left/right, nods, smiles, opens their "
+                        "mouth, blinks, moves across, zooms in/out), backgrounds and lighting.",
+            inputs=[io.String.Input("text", multiline=True,
+                                    default="a person turns their head to the left, in front of a striped wall, "
+                                            "in warm evening light",
+                                    tooltip="What happens, where and in which light. Say nothing about the person: "
+                                            "identity comes from the reference photo.")],
+            outputs=[io.Conditioning.Output(display_name="conditioning")])
+
+    @classmethod
+    def execute(cls, text):
+        from ..moca_model.toy.text import ToyTextEncoder
+        return io.NodeOutput([[ToyTextEncoder()(text), {}]])

@@ -4,16 +4,25 @@
 - `moca_identities`  identity files (`models/moca_identities` and `output/moca_identities`)
 - `moca_text_embeds` cached umT5 conditioning (`models/moca_text_embeds` and `output/moca_text_embeds`)
 - `insightface`      insightface packs (`models/insightface/models/<pack>/`), shared with PuLID/InstantID
+
+The pack's own `toy_models/` (the toy world's trained models, moca_model/toy) is added to the core
+`diffusion_models` and `vae` keys and to `moca` and `insightface`, after the user's folders, so the toy
+template runs with nothing copied; the toy reference photos are offered in ComfyUI's input folder.
 """
 from __future__ import annotations
 
 import os
+
+import shutil
 
 import folder_paths
 
 from ..moca_model.checkpoint import FORMAT as MOCA_FORMAT
 
 SAFETENSORS = {".safetensors"}
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_DIR = os.path.join(PACK_DIR, "toy_models")
+TOY_INPUTS = os.path.join(PACK_DIR, "toy_models", "input")
 
 
 def _register(key: str, defaults: list[str], extensions: set | None):
@@ -37,6 +46,30 @@ def register_folders():
     _register("moca_text_embeds", [os.path.join(models, "moca_text_embeds"),
                                    os.path.join(output, "moca_text_embeds")], SAFETENSORS)
     _register("insightface", [os.path.join(models, "insightface")], None)
+    for key, sub in (("diffusion_models", "diffusion_models"), ("vae", "vae"), ("moca", "moca"),
+                     ("insightface", "insightface")):
+        if os.path.isdir(os.path.join(TOY_DIR, sub)):
+            _register(key, [os.path.join(TOY_DIR, sub)], None)
+
+
+def offer_toy_inputs() -> list[str]:
+    """Copy the toy reference photos (toy_models/input/*.png) into ComfyUI's input folder when a file of that
+    name is not there yet (never overwrites), so Load Image lists them. Returns the names copied."""
+    copied = []
+    if not os.path.isdir(TOY_INPUTS):
+        return copied
+    dest = folder_paths.get_input_directory()
+    for name in sorted(os.listdir(TOY_INPUTS)):
+        target = os.path.join(dest, name)
+        if name.endswith(".png") and not os.path.exists(target):
+            try:
+                os.makedirs(dest, exist_ok=True)
+                shutil.copyfile(os.path.join(TOY_INPUTS, name), target + ".tmp")
+                os.replace(target + ".tmp", target)
+                copied.append(name)
+            except OSError as e:            # a read-only input folder must not stop the pack from loading
+                print(f"[MoCA] could not offer the toy reference {name} in {dest}: {e}")
+    return copied
 
 
 def files(key: str) -> list[str]:

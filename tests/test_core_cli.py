@@ -11,7 +11,8 @@ from moca_model import bench, demo
 
 
 def test_demo_writes_video_and_report(tmp_path, capsys):
-    args = ["--out", str(tmp_path), "--steps", "2", "--frames", "9", "--height", "64", "--width", "96"]
+    args = ["--out", str(tmp_path), "--preset", "tiny", "--steps", "2", "--frames", "9", "--height", "64",
+            "--width", "96"]
     report = demo.main(args)
     with av.open(str(tmp_path / "demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -30,9 +31,9 @@ def test_demo_writes_video_and_report(tmp_path, capsys):
 
 def test_demo_rejects_bad_sizes(tmp_path):
     with pytest.raises(SystemExit, match="4k\\+1"):
-        demo.main(["--out", str(tmp_path), "--frames", "8"])
+        demo.main(["--out", str(tmp_path), "--preset", "tiny", "--frames", "8"])
     with pytest.raises(SystemExit, match="multiples of 16"):
-        demo.main(["--out", str(tmp_path), "--height", "100"])
+        demo.main(["--out", str(tmp_path), "--preset", "tiny", "--height", "100"])
 
 
 def test_bench_prints_table_and_ratio(capsys):
@@ -67,3 +68,14 @@ def test_demo_takes_real_input_files(tmp_path):
     notes = " ".join(report["notes"])
     assert "MoCA adapter from" in notes and "umT5 states from" in notes and "2 reference(s)" in notes
     assert report["latent_mean_abs_diff_identity_vs_none"] > 0
+
+
+def test_default_demo_without_toy_models_says_so(tmp_path, monkeypatch, capsys):
+    """With no model flags the demo runs the toy world's trained models; where they are missing it runs the
+    random tiny model and says so (never a silent stand-in)."""
+    from moca_model.toy import pipeline
+    monkeypatch.setitem(pipeline.FILES, "adapter", tmp_path / "absent.safetensors")
+    report = demo.main(["--out", str(tmp_path / "o"), "--steps", "1", "--frames", "5", "--height", "32",
+                        "--width", "32"])
+    assert any("not in this checkout yet" in n and "absent.safetensors" in n for n in report["notes"])
+    assert "make toy" in capsys.readouterr().out

@@ -87,7 +87,7 @@ def test_only_the_passes_a_setting_needs_run(text_cfg, id_cfg, with_identity, ca
 
 def test_identity_pass_matches_the_model_with_identity_and_plain_passes_the_backbone():
     """With a real MoCADiT: the guided velocity equals the formula on separately computed passes."""
-    from moca_model.bench import live_adapter
+    from moca_model.adapter import live_adapter
     model = MoCADiT(MoCAConfig.preset("tiny")).eval()
     live_adapter(model)
     g = torch.Generator().manual_seed(2)

@@ -41,6 +41,8 @@ PACKS: dict[str, PackSpec] = {
         "buffalo_l", "det_10g.onnx", "w600k_r50.onnx",
         ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
     ),
+    # the toy world's pack (toy_models/insightface/models/toyface, trained by moca_model.toy.face_train)
+    "toyface": PackSpec("toyface", "det_toy.onnx", "rec_toy.onnx"),
 }
 DEFAULT_PACK = "antelopev2"
 

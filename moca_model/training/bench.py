@@ -2,6 +2,7 @@
 
     python -m moca_model.training.bench                     # tiny and small on the CPU
     python -m moca_model.training.bench --presets wan2.1-1.3b --device cuda
+    python -m moca_model.training.bench --presets wan2.1-1.3b --device cuda --deterministic   # what exact resume costs
 
 Each case runs in its own subprocess so that peak memory is its own: on CUDA, torch.cuda.max_memory_allocated
 (tensors only) and max_memory_reserved (allocator pool); on the CPU, the process's peak resident set size
@@ -28,7 +29,7 @@ CASES = {
 }
 
 
-def run_case(preset: str, device: str, steps: int, warmup: int) -> dict:
+def run_case(preset: str, device: str, steps: int, warmup: int, deterministic: bool = False) -> dict:
     import resource
 
     import torch
@@ -48,7 +49,7 @@ def run_case(preset: str, device: str, steps: int, warmup: int) -> dict:
             objective={"lvpl": {"vae_dim": case["vae_dim"], "max_sigma": 1.0, "weight": 0.1}},
             optim={"max_steps": warmup + steps, "warmup_steps": 1},
             train={"mixed_precision": "bf16" if cuda else "no", "gradient_checkpointing": cuda,
-                   "deterministic": False},
+                   "deterministic": deterministic},
             logging={"every": 0, "progress": False, "tensorboard": False})
         trainer = Trainer(cfg, device=device, log=lambda *a: None)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20           # GiB (Linux: KiB)
@@ -71,7 +72,8 @@ def run_case(preset: str, device: str, steps: int, warmup: int) -> dict:
         out = {"preset": preset, "device": device, "clip": case["pixels"], "latent": f"16x{T}x{h}x{w}",
                "tokens": T * (h // 2) * (w // 2), "sec_per_step": sec,
                "trainable_M": sum(p.numel() for p in trainer.params.values()) / 1e6,
-               "precision": "bf16 autocast, bf16 backbone, grad ckpt" if cuda else "fp32"}
+               "precision": "bf16 autocast, bf16 backbone, grad ckpt" if cuda else "fp32",
+               "deterministic": deterministic}
         if cuda:
             out["peak_alloc_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
             out["peak_reserved_GiB"] = torch.cuda.max_memory_reserved() / 2 ** 30
@@ -90,17 +92,20 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--deterministic", action="store_true",
+                   help="train.deterministic on (strict deterministic kernels, what exact resume needs): compare "
+                        "with a run without it to see what determinism costs")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
-        print("BENCH " + json.dumps(run_case(a.one, a.device, a.steps, a.warmup)))
+        print("BENCH " + json.dumps(run_case(a.one, a.device, a.steps, a.warmup, a.deterministic)))
         return 0
     presets = a.presets or (["wan2.1-1.3b"] if a.device.startswith("cuda") else ["tiny", "small"])
     rows = []
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for preset in presets:
         cmd = [sys.executable, "-m", "moca_model.training.bench", "--one", preset, "--device", a.device,
-               "--steps", str(a.steps), "--warmup", str(a.warmup)]
+               "--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--deterministic"] if a.deterministic else [])
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("BENCH ")), None)
@@ -118,7 +123,8 @@ def main(argv=None) -> int:
                  else f"+{r['step_rss_growth_GiB']:.2f} GiB in step 1, {r['threads']} thr")
         print(f"{r['preset']:<12} {r['device']:<6} {r['clip']:<13} {r['latent']:<14} {r['tokens']:>7} "
               f"{r['trainable_M']:>8.1f} M {r['sec_per_step']:>8.3f} {r[mem_key]:>14.2f} {extra:>22}")
-    print(f"({rows[0]['precision']}; adapter only, batch 1, LVPL on every step; {a.steps} timed steps after "
+    print(f"({rows[0]['precision']}{', deterministic kernels' if a.deterministic else ''}; adapter only, batch 1, "
+          f"LVPL on every step; {a.steps} timed steps after "
           f"{a.warmup} warm-up, median step time)")
     return 0
 

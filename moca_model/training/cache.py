@@ -83,6 +83,40 @@ class DiffusersWanVAE:
         return normalize_latent(raw.float()).cpu()
 
 
+class WanVAEFile:
+    """A single-file Wan 2.1-layout VAE (the real `wan_2.1_vae.safetensors` or a narrow one such as the toy
+    world's) through moca_model.wan_vae; its width is read from the weights. Latents: mu, then model space."""
+
+    def __init__(self, vae, device="cpu", dtype=torch.float32):
+        self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.device, self.dtype = torch.device(device), dtype
+
+    @classmethod
+    def load(cls, path, device="cpu", dtype=torch.float32):
+        from ..wan_vae import load_wan_vae
+        return cls(load_wan_vae(path), device, dtype)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        raw = self.vae.encode(video.to(self.device, self.dtype))                      # [B, 16, T, h, w]
+        return normalize_latent(raw.float()).cpu()
+
+
+def load_video_encoder(path, device="cpu", dtype=torch.float32):
+    """A .safetensors file -> WanVAEFile (no diffusers needed); a diffusers folder -> DiffusersWanVAE."""
+    if str(path).endswith(".safetensors"):
+        return WanVAEFile.load(path, device, dtype)
+    return DiffusersWanVAE.load(path, device, dtype)
+
+
+def load_text_encoder(path, tokenizer=None, device="cpu", dtype=torch.float32):
+    """"toy" -> the toy world's hashed word table (moca_model.toy.text); else a transformers umT5 folder."""
+    if str(path) == "toy":
+        from ..toy.text import ToyTextEncoder
+        return ToyTextEncoder()
+    return UMT5TextEncoder.load(path, tokenizer, device, dtype)
+
+
 class UMT5TextEncoder:
     """umT5-XXL last hidden states, cut to each caption's token count (as Wan does before padding)."""
 
@@ -289,8 +323,10 @@ def main(argv) -> int:
                                 description="Encode a manifest of face videos into MoCA training shards.")
     p.add_argument("--manifest", required=True, help="JSONL: video, caption, reference, face_mask per line")
     p.add_argument("--out", required=True, help="folder for shard_*.safetensors, empty_text.safetensors, skipped.jsonl")
-    p.add_argument("--vae", required=True, help="wan_2.1_vae.safetensors or a diffusers AutoencoderKLWan folder")
-    p.add_argument("--text-encoder", required=True, help="a transformers UMT5EncoderModel folder (umT5-XXL)")
+    p.add_argument("--vae", required=True, help="a Wan 2.1-layout VAE .safetensors (wan_2.1_vae.safetensors, "
+                   "toy_models/vae/toy_wan_vae.safetensors) or a diffusers AutoencoderKLWan folder")
+    p.add_argument("--text-encoder", required=True, help="a transformers UMT5EncoderModel folder (umT5-XXL), or 'toy' for the "
+                   "toy world's word-table encoder")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --text-encoder)")
     p.add_argument("--face-models", required=True, help="insightface models root (ComfyUI/models/insightface)")
     p.add_argument("--face-pack", default="antelopev2")
@@ -306,8 +342,8 @@ def main(argv) -> int:
                    choices=["float32", "bfloat16", "float16"])
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
-    cacher = Cacher(DiffusersWanVAE.load(a.vae, a.device, dtype),
-                    UMT5TextEncoder.load(a.text_encoder, a.tokenizer, a.device, dtype),
+    cacher = Cacher(load_video_encoder(a.vae, a.device, dtype),
+                    load_text_encoder(a.text_encoder, a.tokenizer, a.device, dtype),
                     InsightFaceEncoder(a.face_models, a.face_pack, a.face_crop),
                     num_frames=a.frames, height=a.height, width=a.width, fps=a.fps or None,
                     reference_frames=a.reference_frames, samples_per_shard=a.samples_per_shard)

@@ -43,11 +43,12 @@ def train_main(argv) -> int:
 
 
 def export_main(argv) -> int:
+    from .config import DTYPES
     p = argparse.ArgumentParser(prog="train_moca.py export", description="Export an adapter from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (out_dir/checkpoints/step_XXXXXXXX)")
     p.add_argument("--out", required=True, help="adapter .safetensors to write")
     p.add_argument("--no-ema", action="store_true", help="export the live weights, not the EMA")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="bfloat16", choices=list(DTYPES),
                    help="storage dtype of the exported weights (default bfloat16: half the size of float32)")
     a = p.parse_args(argv)
     from .export import export_checkpoint

@@ -11,10 +11,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 TRAINABLE = ("adapter", "lora", "full")
 PRECISIONS = ("no", "bf16")          # fp16 would need a GradScaler; bf16 does not
 STRATEGIES = ("ddp", "fsdp")
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+# The one table of dtype names the trainer accepts (model.*_dtype, export.dtype, `train_moca.py export --dtype`).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
@@ -35,6 +38,8 @@ class DataSection:
     text_len: int | None = None             # pad text states to this many tokens (None = 512, as Wan does)
     reference: str = "random"               # several references per sample: a "random" one per step, or the "first"
     shuffle: bool = True
+    num_workers: int = 2                    # background processes reading micro-batches ahead (0 = read in the loop)
+    prefetch: int = 2                       # micro-batches each worker keeps ready
 
 
 @dataclass
@@ -46,7 +51,7 @@ class LVPLSection:
     temporal_weight: float = 0.5            # weight of the frame-difference term
     extractor: str = "wan_vae_decoder"      # "wan_vae_decoder" | "identity" | "module.path:factory"
     vae: str | None = None                  # wan_2.1_vae.safetensors for the decoder stages (None = random init)
-    vae_dim: int = 96                       # Wan 2.1 VAE base width (96); tiny tests use less
+    vae_dim: int = 96                       # base width of a random extractor (vae=None); a vae file's own width wins
     stages: list = field(default_factory=lambda: ["conv1", "middle", "up0"])
     stage_weights: list | None = None       # per stage (default: equal, summing to 1)
     checkpoint: bool = True                 # recompute extractor activations in backward (saves memory)
@@ -84,16 +89,19 @@ class TrainSection:
                                                          "cross_attn.o", "ffn.0", "ffn.2"])
     mixed_precision: str = "no"             # no | bf16 (autocast; master weights stay param_dtype)
     gradient_checkpointing: bool = False
-    ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999
+    ema_decay: float = 0.0                  # 0 = no EMA; e.g. 0.999 (with warm-up: min(decay, (1+n)/(10+n)))
     seed: int = 0
     strategy: str = "ddp"                   # ddp | fsdp (FSDP2 fully_shard; for the 14B backbone)
-    deterministic: bool = True              # torch.use_deterministic_algorithms (exact resume)
+    grad_sync: str = "step"                 # step: reduce gradients once per optimiser step; micro_batch: after
+    #                                         every micro-batch (FSDP2 then never holds unsharded gradients)
+    deterministic: bool = True              # strict deterministic kernels (exact resume; docs/training.md §8)
 
 
 @dataclass
 class CheckpointSection:
     every: int = 500                        # optimiser steps between checkpoints (0 = only the last)
     keep_last: int = 3
+    strict_resume: bool = True              # refuse to resume with another data stream (seed, shards, text_len)
 
 
 @dataclass
@@ -107,6 +115,7 @@ class LoggingSection:
 class ValidationSection:
     every: int = 0                          # steps between validation videos (0 = off)
     sample: int = 0                         # dataset index of the fixed validation sample
+    eval_samples: int = 4                   # val/eval_loss: the first N samples, batched like training
     steps: int = 20
     text_cfg: float = 5.0
     id_cfg: float = 1.0
@@ -143,15 +152,19 @@ class TrainConfig:
             problems.append(f"train.trainable={self.train.trainable!r} (choose {TRAINABLE})")
         if self.train.mixed_precision not in PRECISIONS:
             problems.append(f"train.mixed_precision={self.train.mixed_precision!r} (choose {PRECISIONS})")
+        if self.train.grad_sync not in ("step", "micro_batch"):
+            problems.append(f"train.grad_sync={self.train.grad_sync!r} (choose step, micro_batch)")
         if self.train.strategy not in STRATEGIES:
             problems.append(f"train.strategy={self.train.strategy!r} (choose {STRATEGIES})")
         for name in ("backbone_dtype", "param_dtype"):
             if getattr(self.model, name) not in DTYPES:
-                problems.append(f"model.{name}={getattr(self.model, name)!r} (choose {DTYPES})")
+                problems.append(f"model.{name}={getattr(self.model, name)!r} (choose {tuple(DTYPES)})")
         if self.export.dtype not in DTYPES:
-            problems.append(f"export.dtype={self.export.dtype!r} (choose {DTYPES})")
+            problems.append(f"export.dtype={self.export.dtype!r} (choose {tuple(DTYPES)})")
         if self.data.batch_size < 1 or self.data.grad_accum < 1:
             problems.append("data.batch_size and data.grad_accum must be >= 1")
+        if self.data.num_workers < 0 or self.data.prefetch < 1:
+            problems.append("data.num_workers must be >= 0 and data.prefetch >= 1")
         if self.data.reference not in ("random", "first"):
             problems.append(f"data.reference={self.data.reference!r} (choose random, first)")
         if self.model.backbone_dtype in ("bfloat16", "float16") and self.train.mixed_precision == "no" \

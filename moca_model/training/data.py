@@ -15,8 +15,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -147,6 +148,42 @@ def read_shard(path) -> list[dict]:
     return out
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def read_sample(path, i: int, info: dict | None = None) -> dict:
+    """Sample i of a shard, reading only the byte ranges of its own tensors, never the whole shard.
+
+    Plain reads of the ranges the safetensors header gives: safetensors' own `safe_open` maps the file, and
+    page-fault read-around made it read 2-3x a sample's bytes from storage (81-frame samples, cold cache);
+    these reads cost 1.00x. `info` is the sample's {"caption", "source"} record when the caller has it."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            s = {}
+            for k in REQUIRED + OPTIONAL:
+                entry = header.get(f"{i}.{k}")
+                if entry is None:
+                    continue
+                start, stop = entry["data_offsets"]
+                t = torch.empty(stop - start, dtype=torch.uint8)
+                f.seek(8 + n + start)
+                if f.readinto(memoryview(t.numpy())) != stop - start:
+                    raise EOFError("the file ends inside the tensor")
+                s[k] = t.view(_ST_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+            if info is None:
+                samples = json.loads(header.get("__metadata__", {}).get("samples", "[]"))
+                info = samples[i] if i < len(samples) else {}
+    except Exception as e:
+        raise ShardError(f"{path}: sample {i} unreadable ({type(e).__name__}: {e})") from e
+    s.update(info)
+    _check_sample(i, s, str(path))
+    return s
+
+
 def find_shards(patterns) -> list[Path]:
     """Expand files, folders (their *.safetensors but empty_text.safetensors) and globs into a sorted,
     de-duplicated list."""
@@ -174,38 +211,34 @@ def find_shards(patterns) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------- dataset
 class ShardDataset:
-    """Random access over the samples of many shards. Corrupt or foreign shards are skipped with a warning
-    (listed in `.skipped`); a shard is read whole on first use and the last few are kept in memory."""
+    """Random access over the samples of many shards (a map-style dataset for torch's DataLoader). Headers are
+    read once; each access reads that sample's tensors only. Corrupt or foreign shards are skipped with a
+    warning (listed in `.skipped`)."""
 
-    def __init__(self, shards, cache_shards: int = 4):
-        self.index: list[tuple[Path, int]] = []
+    def __init__(self, shards):
+        self.index: list[tuple[Path, int, dict]] = []          # (shard, sample in shard, caption/source)
+        self.shards: list[tuple[Path, int]] = []                # usable shards and their sample counts
         self.skipped: list[tuple[str, str]] = []
         for path in find_shards(shards):
             try:
-                n = read_shard_header(path)["_num_samples"]
+                meta = read_shard_header(path)
             except ShardError as e:
                 warnings.warn(f"Skipping training shard: {e}", stacklevel=2)
                 self.skipped.append((str(path), str(e)))
                 continue
-            self.index += [(path, i) for i in range(n)]
+            n, info = meta["_num_samples"], json.loads(meta.get("samples", "[]"))
+            self.index += [(path, i, info[i] if i < len(info) else {}) for i in range(n)]
+            self.shards.append((path, n))
         if not self.index:
             raise ShardError(f"No usable training samples in {shards} "
                              f"({len(self.skipped)} shard(s) skipped); write shards with `train_moca.py cache`")
-        self._cache: dict[Path, list[dict]] = {}
-        self._order: list[Path] = []
-        self._cache_shards = cache_shards
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, idx: int) -> dict:
-        path, i = self.index[idx]
-        if path not in self._cache:
-            self._cache[path] = read_shard(path)
-            self._order.append(path)
-            while len(self._order) > self._cache_shards:
-                self._cache.pop(self._order.pop(0), None)
-        return self._cache[path][i]
+        path, i, info = self.index[idx]
+        return read_sample(path, i, info)
 
 
 # ---------------------------------------------------------------------------------------------- order
@@ -216,27 +249,75 @@ class SampleOrder:
     num_samples: int
     seed: int = 0
     shuffle: bool = True
+    _last: tuple | None = field(default=None, init=False, repr=False, compare=False)   # (epoch, permutation)
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=g)
+        if self._last is None or self._last[0] != epoch:
+            if not self.shuffle:
+                perm = torch.arange(self.num_samples)
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(self.num_samples, generator=g)
+            self._last = (epoch, perm)
+        return self._last[1]
 
     def indices(self, start: int, count: int) -> list[int]:
         """Dataset indices at stream positions [start, start + count)."""
-        out, cache = [], {}
-        for p in range(start, start + count):
-            e = p // self.num_samples
-            if e not in cache:
-                cache = {e: self._perm(e)}
-            out.append(int(cache[e][p % self.num_samples]))
-        return out
+        return [int(self._perm(p // self.num_samples)[p % self.num_samples]) for p in range(start, start + count)]
 
 
-def rank_slice(global_batch: list, rank: int, world: int) -> list:
-    """The contiguous part of a global batch that one process trains on."""
-    if len(global_batch) % world:
-        raise ValueError(f"global batch {len(global_batch)} is not divisible by world size {world}")
-    n = len(global_batch) // world
-    return global_batch[rank * n:(rank + 1) * n]
+@dataclass
+class RankStream:
+    """This process's share of the global stream: at optimiser step s, micro-batch m covers the stream positions
+    s * G + m * B * W + rank * B + [0, B), with G = B * accum * W the global batch (B = data.batch_size,
+    W = processes). Every process trains a contiguous slice of every global batch."""
+    order: SampleOrder
+    batch_size: int
+    grad_accum: int
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world
+
+    def positions(self, step: int, m: int) -> list[int]:
+        start = step * self.global_batch + m * self.batch_size * self.world + self.rank * self.batch_size
+        return list(range(start, start + self.batch_size))
+
+    def indices(self, step: int, m: int) -> list[int]:
+        p = self.positions(step, m)
+        return self.order.indices(p[0], len(p))
+
+
+class StepBatches:
+    """The dataset indices of every micro-batch of steps [start, end), in training order: the `batch_sampler` of
+    a DataLoader, so worker processes read ahead while the order stays a function of the step (exact resume)."""
+
+    def __init__(self, stream: RankStream, start: int, end: int):
+        self.stream, self.start, self.end = stream, start, end
+
+    def __len__(self):
+        return max(0, self.end - self.start) * self.stream.grad_accum
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            for m in range(self.stream.grad_accum):
+                yield self.stream.indices(step, m)
+
+
+def as_list(samples: list[dict]) -> list[dict]:
+    """DataLoader collate: keep a micro-batch as its list of samples (the objective collates and draws)."""
+    return samples
+
+
+def micro_batch_loader(dataset: ShardDataset, stream: RankStream, start: int, end: int, num_workers: int = 0,
+                       prefetch: int = 2, pin_memory: bool = False):
+    """Iterator over the sample lists of every micro-batch of steps [start, end), in order. num_workers > 0
+    reads `prefetch` micro-batches per worker ahead in background processes (torch DataLoader)."""
+    if num_workers == 0:
+        return ([dataset[i] for i in idx] for idx in StepBatches(stream, start, end))
+    from torch.utils.data import DataLoader
+    loader = DataLoader(dataset, batch_sampler=StepBatches(stream, start, end), collate_fn=as_list,
+                        num_workers=num_workers, prefetch_factor=prefetch, pin_memory=pin_memory)
+    return iter(loader)

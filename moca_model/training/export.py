@@ -15,13 +15,15 @@ import torch
 from ..adapter import MoCAAdapter
 from ..checkpoint import save_moca
 from ..config import MoCAConfig
+from .config import DTYPES
 
 ADAPTER_PREFIX = "dit.adapter."
 
 
-def _dtype(name: str):
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-            "float64": torch.float32}[name]
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"export dtype {name!r}: choose one of {list(DTYPES)}")
+    return DTYPES[name]
 
 
 def export_state(state: dict, mcfg: MoCAConfig, out, dtype="bfloat16", metadata: dict | None = None,
@@ -36,13 +38,9 @@ def export_state(state: dict, mcfg: MoCAConfig, out, dtype="bfloat16", metadata:
     save_moca(out, adapter, metadata=meta, overwrite=True)
     if lora_names:
         from ..checkpoint import atomic_save_safetensors
-        lora_sd = {}
-        for key, module_name in lora_names.items():
-            base = "diffusion_model." + module_name
-            lora_sd[base + ".lora_down.weight"] = state[f"lora.layers.{key}.down.weight"].to(torch.float16)
-            lora_sd[base + ".lora_up.weight"] = state[f"lora.layers.{key}.up.weight"].to(torch.float16)
-            lora_sd[base + ".alpha"] = torch.tensor(float(lora_alpha), dtype=torch.float16)
-        atomic_save_safetensors(lora_sd, out.with_name(out.stem + "_lora.safetensors"),
+        from .lora import comfy_lora_state_dict
+        atomic_save_safetensors(comfy_lora_state_dict(state, lora_names, lora_alpha),
+                                out.with_name(out.stem + "_lora.safetensors"),
                                 {"format": "comfyui-lora", "moca_adapter": out.name}, overwrite=True)
     if any(k.startswith("dit.blocks.") for k in state):                       # full fine-tune
         from ..dit import MoCADiT

@@ -2,7 +2,7 @@
 its Wan 2.1 name (the frozen base still loads and saves as a plain Wan checkpoint).
 
 A hooked Linear computes y = W x + b + (alpha / rank) * up(down(x)); `up` is zero-initialised, so a fresh
-LoRA changes nothing. `export_comfy_lora` writes ComfyUI's LoRA format
+LoRA changes nothing. `comfy_lora_state_dict` gives ComfyUI's LoRA format
 (`diffusion_model.<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`), loadable by LoraLoaderModelOnly.
 """
 from __future__ import annotations
@@ -55,11 +55,14 @@ class LoRASet(nn.Module):
             h.remove()
         self._handles.clear()
 
-    def comfy_state_dict(self, dtype=torch.float16) -> dict:
-        sd = {}
-        for key, lora in self.layers.items():
-            base = "diffusion_model." + self.names[key]
-            sd[base + ".lora_down.weight"] = lora.down.weight.detach().to("cpu", dtype)
-            sd[base + ".lora_up.weight"] = lora.up.weight.detach().to("cpu", dtype)
-            sd[base + ".alpha"] = torch.tensor(self.alpha, dtype=dtype)
-        return sd
+
+def comfy_lora_state_dict(state: dict, names: dict, alpha: float, dtype=torch.float16) -> dict:
+    """ComfyUI's LoRA format from trainable-state tensors `lora.layers.<key>.{down,up}.weight`; `names` maps
+    each key to its backbone module name (`LoRASet.names`)."""
+    sd = {}
+    for key, module_name in names.items():
+        base = "diffusion_model." + module_name
+        sd[base + ".lora_down.weight"] = state[f"lora.layers.{key}.down.weight"].detach().to("cpu", dtype)
+        sd[base + ".lora_up.weight"] = state[f"lora.layers.{key}.up.weight"].detach().to("cpu", dtype)
+        sd[base + ".alpha"] = torch.tensor(float(alpha), dtype=dtype)
+    return sd

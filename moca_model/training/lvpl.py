@@ -29,14 +29,13 @@ class IdentityExtractor(nn.Module):
 
 def build_extractor(name: str, vae: str | None = None, vae_dim: int = 96, stages=("conv1", "middle", "up0"),
                     checkpoint: bool = True) -> nn.Module:
-    """'wan_vae_decoder' (weights from `vae`, random if None), 'identity', or 'package.module:factory'
-    (a callable returning an nn.Module)."""
+    """'wan_vae_decoder' (weights from `vae` at the width they have; random at `vae_dim` if None), 'identity',
+    or 'package.module:factory' (a callable returning an nn.Module)."""
     if name == "wan_vae_decoder":
-        from .wan_vae_decoder import WanVAEDecoderStages, load_wan_vae_decoder_stages
-        m = WanVAEDecoderStages(dim=vae_dim, stages=tuple(stages), checkpoint=checkpoint)
+        from .wan_vae_decoder import WanVAEDecoderStages
         if vae:
-            load_wan_vae_decoder_stages(m, vae)
-        return m
+            return WanVAEDecoderStages.from_wan_vae(vae, stages=tuple(stages), checkpoint=checkpoint)
+        return WanVAEDecoderStages(dim=vae_dim, stages=tuple(stages), checkpoint=checkpoint)
     if name == "identity":
         return IdentityExtractor()
     if ":" in name:

@@ -40,7 +40,7 @@ def tiny_train_config(out_dir, shards, **sections):
     from .config import TrainConfig
     d = {"out_dir": str(out_dir),
          "data": {"shards": [str(s) for s in ([shards] if isinstance(shards, (str, Path)) else shards)],
-                  "batch_size": 2, "text_len": 16},
+                  "batch_size": 2, "text_len": 16, "num_workers": 0},
          "optim": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 8},
          "objective": {"lvpl": {"vae_dim": 8}},
          "checkpoint": {"every": 0, "keep_last": 2},

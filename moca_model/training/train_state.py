@@ -5,8 +5,9 @@ A checkpoint is a folder `<out_dir>/checkpoints/step_00000100/`:
     ema.safetensors        EMA shadows (if EMA is on)
     optimizer.safetensors  AdamW state flattened as "<param>.<exp_avg|exp_avg_sq|step>"
     state.json             step, samples seen, world size, param groups, RNG states, the config
-It is written to a hidden temp folder and renamed into place (atomic on POSIX), and only the last
-`keep_last` are kept. Only rank 0 writes.
+It is written to a hidden temp folder, every file and the folder fsynced, renamed into place (atomic on
+POSIX) and the parent folder fsynced, so a crash or power cut leaves either the whole checkpoint or none;
+only the last `keep_last` are kept. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -90,6 +91,15 @@ def list_checkpoints(out_dir) -> list[Path]:
                   key=lambda p: int(CKPT_RE.match(p.name).group(1)))
 
 
+def fsync_path(path):
+    """Flush a file's or a folder's entry to the disk (a folder: the names it holds, e.g. after a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(out_dir, step: int, model_sd: dict, optim_tensors: dict, optim_groups: list,
                     ema_sd: dict | None, state: dict, keep_last: int = 3) -> Path:
     from safetensors.torch import save_file
@@ -101,21 +111,24 @@ def save_checkpoint(out_dir, step: int, model_sd: dict, optim_tensors: dict, opt
         shutil.rmtree(tmp)
     tmp.mkdir()
 
-    def cpu(sd):
-        return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    save_file(cpu(model_sd), str(tmp / "model.safetensors"))
-    save_file(cpu(optim_tensors), str(tmp / "optimizer.safetensors"))
+    def write(sd, name):
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in sd.items()}, str(tmp / name))
+        fsync_path(tmp / name)
+    write(model_sd, "model.safetensors")
+    write(optim_tensors, "optimizer.safetensors")
     if ema_sd is not None:
-        save_file(cpu(ema_sd), str(tmp / "ema.safetensors"))
+        write(ema_sd, "ema.safetensors")
     full_state = dict(state, step=step, version=STATE_VERSION, optimizer_groups=optim_groups, time=time.time(),
                       rng=rng_states())
     with open(tmp / "state.json", "w", encoding="utf-8") as f:
         json.dump(full_state, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
+    fsync_path(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_path(root)
     for old in list_checkpoints(out_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

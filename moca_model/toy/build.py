@@ -1,0 +1,183 @@
+"""`make toy` = `python -m moca_model.toy build`: rebuild every toy model from nothing, resumably.
+
+Stages, in order (each skipped when its outputs exist and its settings are unchanged; each training
+resumes from its last checkpoint when interrupted):
+
+    world       render the training clips, masks and references of TRAIN_IDS, and the manifest
+    face        toy face pack (SCRFD-contract detector, ArcFace-contract recogniser) + evaluation recogniser
+    vae         toy Wan 2.1-layout VAE
+    cache       `train_moca.py cache` on the manifest with the toy VAE, toy text encoder and toy face pack
+    backbone    the toy Wan-layout T2V backbone, trained from scratch (text only)
+    adapter     the MoCA adapter, `train_moca.py --config configs/toy_moca.yaml`
+    classifiers action / background classifiers (prompt adherence in the evaluation)
+
+Generated data and training runs go to --data (default runs/toy, never committed); the shipped weights
+go to toy_models/ (committed). Held-out identities (world.HELDOUT_IDS) are never rendered here.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_MODELS = REPO / "toy_models"
+STAGES = ("world", "face", "vae", "cache", "backbone", "adapter", "classifiers")
+
+
+def paths() -> dict:
+    """Where the shipped toy files live (the ComfyUI layout: the pack registers these folders)."""
+    return {
+        "vae": TOY_MODELS / "vae" / "toy_wan_vae.safetensors",
+        "insightface": TOY_MODELS / "insightface",
+        "face_pack": "toyface",
+        "eval_recogniser": TOY_MODELS / "eval" / "rec_eval.onnx",
+        "classifiers": TOY_MODELS / "eval" / "toy_classifiers.safetensors",
+        "backbone": TOY_MODELS / "diffusion_models" / "toy_wan_t2v.safetensors",
+        "adapter": TOY_MODELS / "moca" / "toy_moca_adapter.safetensors",
+    }
+
+
+class Stamps:
+    """stage -> (settings digest, seconds): a stage is done when its stamp matches its settings."""
+
+    def __init__(self, data: Path):
+        self.path = data / "stamps.json"
+        self.d = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @staticmethod
+    def digest(settings: dict) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def done(self, stage: str, settings: dict) -> bool:
+        return self.d.get(stage, {}).get("digest") == self.digest(settings)
+
+    def mark(self, stage: str, settings: dict, seconds: float, figures: dict | None = None):
+        from ..atomic import atomic_target
+        self.d[stage] = {"digest": self.digest(settings), "seconds": round(seconds, 1), "settings": settings,
+                         "figures": figures or {}}
+        with atomic_target(self.path, overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(self.d, indent=1, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- world
+def write_world(data: Path, ids, clips_per_id: int, log=print) -> Path:
+    """Render clips (mp4), head masks (mp4, white = the person's head) and one reference photo (png) per
+    clip; write manifest.jsonl in the cache's format. Resumable: existing files are kept."""
+    import numpy as np
+    from PIL import Image
+
+    from ..atomic import atomic_target
+    from ..video import write_video
+    from . import world
+
+    lines = []
+    t0 = time.perf_counter()
+    for n, pid in enumerate(ids):
+        for c in range(clips_per_id):
+            name = f"{pid:06d}_{c}"
+            clip_p, mask_p, ref_p, meta_p = (data / "clips" / f"{name}.mp4", data / "masks" / f"{name}.mp4",
+                                             data / "refs" / f"{name}.png", data / "clips" / f"{name}.json")
+            if not meta_p.is_file():                                                  # written last
+                clip = world.make_clip(pid, c)
+                for p in (clip_p, mask_p, ref_p):
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                masks = np.stack([f[0].mask for f in clip.faces])                     # [T, H, W] bool
+                write_video(mask_p, np.repeat(masks[..., None], 3, -1).astype(np.uint8) * 255, overwrite=True)
+                write_video(clip_p, clip.frames, overwrite=True)
+                tmp = ref_p.with_suffix(".tmp.png")
+                Image.fromarray(world.make_reference(pid, c).image).save(tmp)
+                tmp.replace(ref_p)
+                meta = {"caption": clip.caption, "action": clip.action, "background": clip.background,
+                        "lighting": clip.lighting}
+                with atomic_target(meta_p, overwrite=True) as tmp:
+                    Path(tmp).write_text(json.dumps(meta))
+            caption = json.loads(meta_p.read_text())["caption"]
+            lines.append({"video": f"clips/{name}.mp4", "caption": caption, "reference": [f"refs/{name}.png"],
+                          "face_mask": f"masks/{name}.mp4", "id": str(pid)})
+        if (n + 1) % 200 == 0:
+            log(f"[toy-world] {n + 1}/{len(ids)} identities ({time.perf_counter() - t0:.0f} s)")
+    manifest = data / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return manifest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moca_model.toy build", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(REPO / "runs" / "toy"), help="scratch folder (never committed)")
+    ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--clips-per-id", type=int, default=2)
+    ap.add_argument("--ids", type=int, default=2000, help="how many of TRAIN_IDS to render")
+    ap.add_argument("--backbone-steps", type=int, default=4000)
+    ap.add_argument("--adapter-steps", type=int, default=2000)
+    a = ap.parse_args(argv)
+    data = Path(a.data)
+    data.mkdir(parents=True, exist_ok=True)
+    stamps = Stamps(data)
+    from . import world
+    ids = list(world.TRAIN_IDS)[: a.ids]
+    for stage in a.stages:
+        settings = {"ids": len(ids), "clips_per_id": a.clips_per_id,
+                    "steps": {"backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
+        if stamps.done(stage, settings):
+            print(f"[toy] {stage}: up to date")
+            continue
+        t0 = time.perf_counter()
+        print(f"[toy] {stage} ...")
+        figures = STAGE_FUNCS[stage](data, ids, a)
+        stamps.mark(stage, settings, time.perf_counter() - t0, figures)
+        print(f"[toy] {stage}: done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _world(data, ids, a):
+    write_world(data, ids, a.clips_per_id)
+    return {}
+
+
+def _cache(data, ids, a):
+    """The real `train_moca.py cache` path: toy VAE, toy text encoder, toy face pack (onnxruntime)."""
+    from ..training.cache import main as cache_main
+    p = paths()
+    cache_main(["--manifest", str(data / "manifest.jsonl"), "--out", str(data / "cache"), "--vae", str(p["vae"]),
+                "--text-encoder", "toy", "--face-models", str(p["insightface"]), "--face-pack", p["face_pack"],
+                "--frames", "17", "--height", "128", "--width", "128", "--fps", "0", "--face-crop", "128",
+                "--samples-per-shard", "64", "--device", "cpu", "--dtype", "float32"])
+    return {}
+
+
+def _backbone(data, ids, a):
+    from .backbone_train import train_backbone
+    train_backbone([data / "cache"], data / "backbone", steps=a.backbone_steps, export=paths()["backbone"])
+    return {}
+
+
+def _adapter(data, ids, a):
+    """`train_moca.py --config configs/toy_moca.yaml` with this build's folders; the export is shipped."""
+    import shutil
+
+    from ..training.cli import main as train_main
+    out = data / "adapter"
+    train_main(["--config", str(REPO / "configs" / "toy_moca.yaml"), "--resume",
+                "--set", f"out_dir={out}", f'data.shards=["{data / "cache"}"]',
+                f"objective.empty_text={data / 'cache' / 'empty_text.safetensors'}",
+                f"model.backbone={paths()['backbone']}", f"objective.lvpl.vae={paths()['vae']}",
+                f"optim.max_steps={a.adapter_steps}"])
+    target = paths()["adapter"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(out / "toy_moca_adapter.safetensors", tmp)
+    tmp.replace(target)
+    return {}
+
+
+def _classifiers(data, ids, a):
+    from .classifiers import train_classifiers
+    train_classifiers(paths()["classifiers"], data_dir=data / "cls")
+    return {}
+
+
+STAGE_FUNCS = {"world": _world, "cache": _cache, "backbone": _backbone, "adapter": _adapter,
+               "classifiers": _classifiers}
