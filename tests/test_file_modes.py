@@ -29,6 +29,9 @@ def test_written_files_follow_the_umask(tmp_path, umask_022):
     assert _mode(ident) == 0o644
     video = write_video(tmp_path / "v.mp4", torch.rand(3, 16, 16, 3), fps=4)
     assert _mode(video) == 0o644
+    from moca_model.training.train_state import save_checkpoint
+    ck = save_checkpoint(tmp_path / "run", 1, {"w": torch.zeros(2)}, {}, [], None, {})
+    assert _mode(ck / "model.safetensors") == 0o644 and _mode(ck / "optimizer.safetensors") == 0o644
     os.umask(0o077)
     with atomic_target(tmp_path / "private.txt") as tmp:
         open(tmp, "w").write("x")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import _umask
+
 CKPT_RE = re.compile(r"^step_(\d{8})$")
 STATE_VERSION = 1
 
@@ -113,6 +115,7 @@ def save_checkpoint(out_dir, step: int, model_sd: dict, optim_tensors: dict, opt
 
     def write(sd, name):
         save_file({k: v.detach().to("cpu").contiguous() for k, v in sd.items()}, str(tmp / name))
+        os.chmod(tmp / name, 0o666 & ~_umask())            # safetensors creates 0600 files
         fsync_path(tmp / name)
     write(model_sd, "model.safetensors")
     write(optim_tensors, "optimizer.safetensors")
