@@ -173,11 +173,20 @@ def _adapter(data, ids, a):
     return {}
 
 
+def _face(data, ids, a):
+    from .face_train import build_toy_face
+    return build_toy_face(data / "face")
+
+
+def _vae(data, ids, a):
+    from .vae_train import train_toy_vae
+    return train_toy_vae(paths()["vae"], resume_dir=data / "vae")
+
+
 def _classifiers(data, ids, a):
     from .classifiers import train_classifiers
-    train_classifiers(paths()["classifiers"], data_dir=data / "cls")
-    return {}
+    return train_classifiers(paths()["classifiers"], data_dir=data / "cls")
 
 
-STAGE_FUNCS = {"world": _world, "cache": _cache, "backbone": _backbone, "adapter": _adapter,
+STAGE_FUNCS = {"world": _world, "face": _face, "vae": _vae, "cache": _cache, "backbone": _backbone, "adapter": _adapter,
                "classifiers": _classifiers}
