@@ -163,8 +163,15 @@ def test_comfyui_core_vae_loader_takes_a_narrow_wan_vae(comfy, tmp_path):
     """What ComfyUI's "Load VAE" does with our file: comfy.sd.VAE on its state dict -> a Wan 2.1 VAE of
     our width, whose encode / decode (pixels 0..1, channels last, clamped) equal ours."""
     import comfy.utils
+    import comfyui_version
     vae = _random_vae(dim=8)
     path = atomic_save_safetensors(vae.state_dict(), tmp_path / "toy_wan_vae.safetensors")
+    if tuple(int(p) for p in comfyui_version.__version__.split(".")[:3]) <= (0, 3, 64):
+        # 0.3.64 builds every Wan 2.1 VAE at width 96: a narrow one fails to load (the toy template says
+        # it needs a newer ComfyUI; docs/toy_world.md)
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+        return
     cv = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
     assert isinstance(cv.first_stage_model, comfy.ldm.wan.vae.WanVAE) and cv.latent_channels == 16
     assert cv.first_stage_model.decoder.head[0].gamma.shape[0] == 8
