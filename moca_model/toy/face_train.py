@@ -18,11 +18,17 @@ its atomic checkpoint; ``python -m moca_model.toy.face_train --help``)::
     python -m moca_model.toy.face_train eval        # the figures, through FaceAnalyzer on the shipped pack
     python -m moca_model.toy.face_train all         # all of the above, in order
 
-CPU time (process time, 2 threads, on the shared 2-core machine; see ``FIGURES`` for the last run):
-rendering the pools ~see FIGURES, detector / recogniser / judge training ~see FIGURES. Python API:
+Figures of the shipped files (``python -m moca_model.toy.face_train eval``; process CPU time on the
+shared 2-core machine): detector 5,000 steps, 990 s; recogniser 1,800 steps, 1,027 s; judge 2,000 steps,
+1,091 s. On HELDOUT_IDS: detection recall 1.00 on 100 references and 150 clip frames (box IoU 0.86 mean,
+5-point keypoint error 2.5 px mean / 6.5 px p95 on 128-px frames), 7 false faces on 24 pictures of empty
+scenes (every fallback size tried) and 2 extra boxes on the 150 clip frames; verification accuracy on 3,000
+pairs (threshold from TRAIN_IDS renders no model saw): recogniser 0.985 +- 0.004, judge 0.996 +- 0.002.
+Python API:
 ``train_toy_detector(out_dir, steps, seed, resume=True)``,
 ``train_toy_recogniser(out_path, arch, seed, steps, resume=True)``, ``evaluate_detector(models_root)``,
-``evaluate_recognisers(models_root, eval_path)``, ``build_toy_face(...)``.
+``evaluate_recognisers(models_root, eval_path)``, ``judge_analyzer()`` (a FaceAnalyzer embedding with the
+judge, for likeness measurements), ``build_toy_face(...)``.
 """
 from __future__ import annotations
 
@@ -45,9 +51,9 @@ PACK_DIR = TOY_MODELS / "insightface" / "models" / PACK
 EVAL_REC = TOY_MODELS / "eval" / "rec_eval.onnx"
 
 # Settings of the shipped models (``build_toy_face`` defaults).
-DET_STEPS, DET_SEED = 3000, 0
-REC_STEPS, REC_SEED = 3000, 1
-JUDGE_STEPS, JUDGE_SEED = 2500, 2
+DET_STEPS, DET_SEED = 5000, 0
+REC_STEPS, REC_SEED = 1800, 1
+JUDGE_STEPS, JUDGE_SEED = 2000, 2
 REC_POOL = dict(name="rec", refs_per_id=8, clips_per_id=3, frames_per_clip=3, seed=11, stream=0)
 JUDGE_POOL = dict(name="rec_eval", refs_per_id=6, clips_per_id=3, frames_per_clip=2, seed=23, stream=1)
 EVAL_REF_SEED, EVAL_CLIP_SEED = 900, 900  # held-out renders for evaluation (no model saw these ids)
@@ -58,6 +64,21 @@ def _analyzer(models_root, det_size: int = 640):
     from moca_model.face import FaceAnalyzer
 
     return FaceAnalyzer.load(models_root, pack=PACK, backend="onnxruntime", provider="cpu", det_size=det_size)
+
+
+def judge_analyzer(models_root=TOY_MODELS / "insightface", eval_path=EVAL_REC, det_size: int = 640):
+    """A ``FaceAnalyzer`` that detects with the toy pack's detector and embeds with the evaluation recogniser
+    (``rec_eval.onnx``), so ``encode`` / ``likeness_scores`` run unchanged to JUDGE likeness with a network
+    that did not condition the model. Its embeddings are not comparable with the pack recogniser's."""
+    from dataclasses import replace
+
+    from moca_model.face import FaceAnalyzer
+    from moca_model.face.backends import open_backend
+    from moca_model.face.packs import find_pack
+
+    pack = replace(find_pack(models_root, PACK), recognizer=Path(eval_path))
+    backend, notice = open_backend(pack, "cpu", "onnxruntime")
+    return FaceAnalyzer(backend, pack, det_size=det_size, notice=notice)
 
 
 def box_iou(a, b) -> float:
@@ -180,7 +201,9 @@ def verification(sims: np.ndarray, same: np.ndarray, threshold: float | None = N
         accs = [((sims > t) == same).mean() for t in cand]
         threshold = float(cand[int(np.argmax(accs))])
     neg = np.sort(sims[~same])
-    out = {"threshold": float(threshold), "accuracy": float(((sims > threshold) == same).mean()),
+    acc = float(((sims > threshold) == same).mean())
+    out = {"threshold": float(threshold), "accuracy": acc,
+           "accuracy_ci95": float(1.96 * np.sqrt(acc * (1 - acc) / len(sims))),  # binomial, pairs as independent
            "cos_same": float(sims[same].mean()), "cos_diff": float(sims[~same].mean()),
            "cos_same_std": float(sims[same].std()), "cos_diff_std": float(sims[~same].std())}
     for far in (1e-2, 1e-3):
