@@ -144,7 +144,9 @@ def _cache(data, ids, a):
     cache_main(["--manifest", str(data / "manifest.jsonl"), "--out", str(data / "cache"), "--vae", str(p["vae"]),
                 "--text-encoder", "toy", "--face-models", str(p["insightface"]), "--face-pack", p["face_pack"],
                 "--frames", "17", "--height", "128", "--width", "128", "--fps", "0", "--face-crop", "128",
-                "--samples-per-shard", "64", "--device", "cpu", "--dtype", "float32"])
+                # bf16: PyTorch's fp32 CPU conv3d takes its slow im2col path at the toy VAE's narrow widths,
+                # bf16 goes through oneDNN (~12x faster here: 0.3 s instead of 3.5 s per clip and thread)
+                "--samples-per-shard", "64", "--device", "cpu", "--dtype", "bfloat16"])
     return {}
 
 

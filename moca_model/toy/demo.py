@@ -16,8 +16,8 @@ import numpy as np
 from ..atomic import atomic_target
 from ..video import write_video
 
-PROMPTS = ("a person turns their head to the left, in front of a striped wall, in warm evening light",
-           "a person smiles, on a beach, in bright daylight")
+PROMPTS = ("a person turns their head to the left in front of a striped wall, in warm evening light",
+           "a person smiles in front of a sandy beach by the sea, in bright daylight")
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
