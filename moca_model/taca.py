@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import MoCAConfig
 from .htp import HierarchicalTemporalPooling, WindowPlan
-from .wan import sinusoidal_embedding_1d
+from .wan import rms_norm_class, sinusoidal_embedding_1d
 
 TIME_FREQ_DIM = 64  # width of the sinusoidal window-centre embedding
 
@@ -33,8 +33,8 @@ class TemporalAwareCrossAttention(nn.Module):
         self.num_experts, self.heads, self.inner = c.num_experts, c.moca_heads, c.moca_dim
         self.q = operations.Linear(c.dim, c.moca_dim, **kw)                         # shared query projection
         self.kv = operations.Linear(c.id_dim, c.num_experts * 2 * c.moca_dim, **kw)  # per-expert K and V
-        self.norm_q = operations.RMSNorm(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
-        self.norm_k = operations.RMSNorm(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
+        self.norm_q = rms_norm_class(operations)(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
+        self.norm_k = rms_norm_class(operations)(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
         self.frame_embed = operations.Linear(TIME_FREQ_DIM, c.moca_dim, **kw)        # window centre -> query
         self.scale_embed = nn.Parameter(torch.empty(c.num_experts, c.moca_dim, **kw))
         self.summary_proj = operations.Linear(c.dim, c.id_dim, **kw)                 # window summary -> token

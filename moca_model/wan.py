@@ -62,6 +62,21 @@ def attention(q, k, v, heads: int, mask=None) -> torch.Tensor:
     return out.transpose(1, 2).flatten(2)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight follows the input's dtype, as ComfyUI's operations cast it. Under bf16 autocast
+    (the trainers on a CPU) the input is bf16 and the weight fp32, which sends torch.rms_norm to its slow
+    unfused path."""
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
+def rms_norm_class(operations):
+    """The RMSNorm to build: ours for plain torch.nn, else the given operations' (ComfyUI's ops)."""
+    return RMSNorm if operations is nn else operations.RMSNorm
+
+
 class WanSelfAttention(nn.Module):
     def __init__(self, dim, num_heads, qk_norm=True, eps=1e-6, operations=nn, device=None, dtype=None):
         super().__init__()
@@ -71,8 +86,8 @@ class WanSelfAttention(nn.Module):
         self.k = operations.Linear(dim, dim, **kw)
         self.v = operations.Linear(dim, dim, **kw)
         self.o = operations.Linear(dim, dim, **kw)
-        self.norm_q = operations.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw) if qk_norm else nn.Identity()
-        self.norm_k = operations.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw) if qk_norm else nn.Identity()
+        self.norm_q = rms_norm_class(operations)(dim, eps=eps, elementwise_affine=True, **kw) if qk_norm else nn.Identity()
+        self.norm_k = rms_norm_class(operations)(dim, eps=eps, elementwise_affine=True, **kw) if qk_norm else nn.Identity()
 
     def forward(self, x, freqs):                                          # x [B, L, C]
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), freqs)
