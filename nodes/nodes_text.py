@@ -78,7 +78,7 @@ class MoCAToyTextEncode(io.ComfyNode):
                         "world's words: actions (turns their head to the left/right, nods, smiles, opens their "
                         "mouth, blinks, moves across, zooms in/out), backgrounds and lighting.",
             inputs=[io.String.Input("text", multiline=True,
-                                    default="a person turns their head to the left, in front of a striped wall, "
+                                    default="a person turns their head to the left in front of a striped wall, "
                                             "in warm evening light",
                                     tooltip="What happens, where and in which light. Say nothing about the person: "
                                             "identity comes from the reference photo.")],
