@@ -30,8 +30,48 @@ def make_pooling(enabled: dict) -> dict:
     return {"scale_enabled": {str(k): bool(v) for k, v in enabled.items()}}
 
 
-def make_mixing(strength=1.0, temperature=1.0, top_k=0, gains=None, start_percent=0.0, end_percent=1.0) -> dict:
-    """MOCA_MIXING: identity strength, router temperature / top-k, per-scale gains, schedule range."""
+_BLOCK_ITEM = re.compile(r"^(-?\d+)(?:\s*(?:-|\.\.)\s*(-?\d+))?$")
+
+
+def parse_blocks(text: str) -> list[tuple[int, int]]:
+    """MoCA Expert Mixing's `blocks`: "all", or a comma-separated list of block indices and inclusive ranges
+    ("0-9, 20, 25..29"); negative indices count from the last block ("-5..-1" = the last five).
+    Returns [(first, last), ...] (unresolved: the model's block count is known only at MoCA Apply)."""
+    text = (text or "").strip().lower()
+    if text in ("", "all"):
+        return []
+    out = []
+    for item in text.split(","):
+        m = _BLOCK_ITEM.match(item.strip())
+        if not m:
+            raise ValueError(f"MoCA Expert Mixing: blocks {text!r}: cannot read {item.strip()!r}. Write 'all', or "
+                             "block numbers and ranges separated by commas, e.g. '0-9, 20' (first block = 0, "
+                             "last block = -1)")
+        a = int(m.group(1))
+        out.append((a, int(m.group(2)) if m.group(2) is not None else a))
+    return out
+
+
+def select_blocks(ranges: list, num_layers: int) -> tuple[int, ...]:
+    """Resolve parse_blocks' ranges against a model with num_layers blocks -> sorted block indices."""
+    if not ranges:
+        return tuple(range(num_layers))
+    chosen = set()
+    for a, b in ranges:
+        lo, hi = (v + num_layers if v < 0 else v for v in (a, b))
+        if not (0 <= lo < num_layers and 0 <= hi < num_layers):
+            raise ValueError(f"MoCA Apply: blocks {a}-{b} is outside this model's blocks 0..{num_layers - 1} "
+                             f"(or -{num_layers}..-1 from the end); fix 'blocks' in MoCA Expert Mixing")
+        if lo > hi:
+            raise ValueError(f"MoCA Apply: blocks {a}-{b} runs backwards (block {lo} after {hi}); write it as "
+                             f"{b}-{a} in MoCA Expert Mixing")
+        chosen.update(range(lo, hi + 1))
+    return tuple(sorted(chosen))
+
+
+def make_mixing(strength=1.0, temperature=1.0, top_k=0, gains=None, start_percent=0.0, end_percent=1.0,
+                blocks: str = "all") -> dict:
+    """MOCA_MIXING: identity strength, router temperature / top-k, per-scale gains, schedule range, blocks."""
     if not temperature > 0:
         raise ValueError(f"MoCA Expert Mixing: router_temperature must be > 0, got {temperature}")
     if top_k < 0:
@@ -39,9 +79,16 @@ def make_mixing(strength=1.0, temperature=1.0, top_k=0, gains=None, start_percen
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"MoCA Expert Mixing: need 0 <= start_percent <= end_percent <= 1, got "
                          f"start_percent={start_percent}, end_percent={end_percent}; swap them or lower start_percent")
+    parse_blocks(blocks)                     # a typo is reported by this node, not later by MoCA Apply
     return {"strength": float(strength), "temperature": float(temperature), "top_k": int(top_k),
             "gains": {str(k): float(v) for k, v in (gains or {}).items()},
-            "start_percent": float(start_percent), "end_percent": float(end_percent)}
+            "start_percent": float(start_percent), "end_percent": float(end_percent),
+            "blocks": (blocks or "all").strip() or "all"}
+
+
+def mixing_blocks(mixing: dict | None, num_layers: int) -> tuple[int, ...]:
+    """The DiT blocks MoCA acts on (MoCA Expert Mixing's `blocks`; all of them without that node)."""
+    return select_blocks(parse_blocks((mixing or {}).get("blocks", "all")), num_layers)
 
 
 def build_options(config: MoCAConfig, pooling: dict | None, mixing: dict | None) -> tuple[MoCAOptions, float, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .logic import (APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, check_choices, make_mixing, make_pooling,
-                    marker_for)
+                    marker_for, mixing_blocks)
 from .patch import apply_moca, mark_conditioning
 from .types import MocaAdapter, MocaId, MocaMixing, MocaPooling
 
@@ -55,6 +55,10 @@ class MoCAExpertMixing(io.ComfyNode):
                            tooltip="Where in the sampling schedule identity starts acting (0 = first step)."),
             io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                            tooltip="Where it stops (1 = last step). Ending early frees late steps for prompt details."),
+            io.String.Input("blocks", default="all", optional=True,
+                            tooltip="The DiT blocks identity acts in: 'all', or block numbers and ranges separated by "
+                                    "commas ('0-14', '0-9, 20', '-10..-1' = the last ten; the first block is 0). "
+                                    "Fewer blocks = a gentler identity; the others run as plain Wan."),
         ]
         return io.Schema(
             node_id="MoCAExpertMixing", display_name="MoCA Expert Mixing", category="MoCA/settings",
@@ -64,9 +68,10 @@ class MoCAExpertMixing(io.ComfyNode):
             outputs=[MocaMixing.Output(display_name="moca_mixing", tooltip="For MoCA Apply's moca_mixing input.")])
 
     @classmethod
-    def execute(cls, identity_strength, router_temperature, top_k, start_percent, end_percent, **kw):
+    def execute(cls, identity_strength, router_temperature, top_k, start_percent, end_percent, blocks="all", **kw):
         gains = {s: kw[f"gain_{s}"] for s in SCALE_NAMES}
-        return io.NodeOutput(make_mixing(identity_strength, router_temperature, top_k, gains, start_percent, end_percent))
+        return io.NodeOutput(make_mixing(identity_strength, router_temperature, top_k, gains, start_percent, end_percent,
+                                         blocks))
 
 
 class MoCAApply(io.ComfyNode):
@@ -98,7 +103,8 @@ class MoCAApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, moca_adapter, moca_id, apply_to, moca_pooling=None, moca_mixing=None):
         options, start, end = build_options(moca_adapter.model.config, moca_pooling, moca_mixing)
-        return io.NodeOutput(apply_moca(model, moca_adapter, moca_id, options, start, end, apply_to))
+        blocks = mixing_blocks(moca_mixing, moca_adapter.model.config.num_layers)
+        return io.NodeOutput(apply_moca(model, moca_adapter, moca_id, options, start, end, apply_to, blocks))
 
 
 class MoCAIdentityConditioning(io.ComfyNode):

@@ -35,7 +35,7 @@ class MoCAState:
     """What one MoCA Apply attached: shared (never copied) by its block patches and wrappers."""
 
     def __init__(self, adapter_patcher, identity: MoCAIdentity | None, options: MoCAOptions,
-                 start_percent: float = 0.0, end_percent: float = 1.0, apply_to: str = "all"):
+                 start_percent: float = 0.0, end_percent: float = 1.0, apply_to: str = "all", blocks=None):
         if apply_to not in APPLY_TO:
             raise ValueError(f"MoCA Apply: apply_to must be one of {APPLY_TO}, not {apply_to!r}")
         self.uid = uuid.uuid4().hex
@@ -45,6 +45,8 @@ class MoCAState:
         self.resolved: ResolvedOptions = options.resolve(adapter_patcher.model.config)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
         self.apply_to = apply_to
+        n = adapter_patcher.model.config.num_layers
+        self.blocks = tuple(range(n)) if blocks is None else tuple(blocks)    # DiT blocks MoCA acts on
 
     @property
     def adapter(self):
@@ -171,7 +173,7 @@ class MoCADiffusionWrapper:
         run = MoCARun(tokens, grid, st.resolved)
         args, kwargs = _with_options(args, kwargs, 2, lambda o: _set(o, KEY, st.uid, run))
         out = executor(x, timestep, context, *args, **kwargs)
-        missing = sorted(set(range(len(st.adapter.layers))) - run.ran)
+        missing = sorted(set(st.blocks) - run.ran)
         if missing:
             dit = ((_get_options(args, kwargs, 2).get("patches_replace") or {}).get("dit") or {})
             now = {_describe(dit.get(("double_block", i))) for i in missing}
@@ -263,8 +265,9 @@ def wan_model_of(model):
 
 
 def apply_moca(model, adapter_patcher, identity, options: MoCAOptions, start_percent=0.0, end_percent=1.0,
-               apply_to="all"):
-    """Return a patched clone of `model` (a Wan MODEL); `model` itself is not modified."""
+               apply_to="all", blocks=None):
+    """Return a patched clone of `model` (a Wan MODEL); `model` itself is not modified. `blocks`: the DiT
+    block indices MoCA acts on (None = all); the others run exactly as without MoCA."""
     dm = wan_model_of(model)
     cfg = adapter_patcher.model.config
     dim = dm.dim if hasattr(dm, "dim") else dm.blocks[0].norm1.normalized_shape[0]
@@ -272,10 +275,13 @@ def apply_moca(model, adapter_patcher, identity, options: MoCAOptions, start_per
         raise ValueError(f"MoCA Apply: input 'moca_adapter' ({adapter_patcher.name}) was made for a Wan model with "
                          f"{cfg.num_layers} blocks of width {cfg.dim}, but input 'model' has {len(dm.blocks)} blocks "
                          f"of width {dim}. Use the adapter trained for this backbone (1.3B: 30 x 1536, 14B: 40 x 5120).")
-    state = MoCAState(adapter_patcher, identity, options, start_percent, end_percent, apply_to)
+    blocks = tuple(range(cfg.num_layers)) if blocks is None else tuple(sorted(set(int(b) for b in blocks)))
+    if not blocks or blocks[0] < 0 or blocks[-1] >= cfg.num_layers:
+        raise ValueError(f"MoCA Apply: blocks {list(blocks)} must be a non-empty subset of 0..{cfg.num_layers - 1}")
+    state = MoCAState(adapter_patcher, identity, options, start_percent, end_percent, apply_to, blocks)
     m = model.clone()
     existing = ((m.model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}
-    for i in range(cfg.num_layers):
+    for i in blocks:
         m.set_model_patch_replace(MoCABlockPatch(state, i, existing.get(("double_block", i))), "dit", "double_block", i)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, MoCAScheduleWrapper(state))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, MoCADiffusionWrapper(state))

@@ -84,7 +84,7 @@ WIDGETS = {
     "MoCASaveIdentity": ["filename_prefix"], "MoCALoadIdentity": ["identity_file"],
     "MoCATemporalPooling": ["scale_1", "scale_2", "scale_4", "scale_T"],
     "MoCAExpertMixing": ["identity_strength", "router_temperature", "top_k", "gain_1", "gain_2", "gain_4", "gain_T",
-                         "start_percent", "end_percent"],
+                         "start_percent", "end_percent", "blocks"],
     "MoCAApply": ["apply_to"], "MoCAIdentityConditioning": ["identity"],
     "MoCASampler": ["width", "height", "frames", "steps", "text_cfg", "id_cfg", "shift", "seed", None, "sampler_name",
                     "scheduler", "batch_size"],
@@ -222,7 +222,7 @@ def dual_guidance() -> Graph:
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
     ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(1, 3))
     pool = g.add("MoCATemporalPooling", [True, True, True, True], pos=(2, 0), size=[340, 280])
-    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.9], pos=(2, 1), size=[340, 300])
+    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.9, "all"], pos=(2, 1), size=[340, 300])
     app = g.add("MoCAApply", ["marked conditioning only"], pos=(2, 2),
                 inputs={"model": (unet, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0),
                         "moca_pooling": (pool, 0), "moca_mixing": (mix, 0)})
@@ -309,7 +309,7 @@ def smoke() -> Graph:
     pos = g.add("MoCALoadTextEmbeds", [SMOKE_POS])
     neg = g.add("MoCALoadTextEmbeds", [SMOKE_NEG])
     pool = g.add("MoCATemporalPooling", [True, True, True, True])
-    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, "all"])
     app = g.add("MoCAApply", ["all"], inputs={"model": (dit, 0), "moca_adapter": (dit, 1), "moca_id": (enc, 0),
                                               "moca_pooling": (pool, 0), "moca_mixing": (mix, 0)})
     smp = g.add("MoCASampler", [64, 64, 5, 2, 3.0, 1.5, 0.0, 7, "fixed", "euler", "simple", 1],

@@ -227,6 +227,29 @@ def test_start_end_percent_gate_moca_by_sigma(setup):
     assert torch.equal(denoise(patched, x, late, ctx), denoise(model, x, late, ctx))
 
 
+def test_block_range_limits_moca_to_those_blocks_and_matches_mocadit(setup):
+    """blocks=(0,): block 0 gets its MoCA residual, the others run as plain Wan - exactly MoCADiT with the
+    other layers' output projections zeroed; every block listed equals the default."""
+    import copy
+    ref, model, adapter, identity = setup
+    x, sigma, ctx = inputs(7)
+    full = denoise(patch.apply_moca(model, adapter, identity, mm.MoCAOptions()), x, sigma, ctx)
+    listed = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), blocks=range(ref.config.num_layers))
+    assert torch.equal(denoise(listed, x, sigma, ctx), full)
+    first = denoise(patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), blocks=[0]), x, sigma, ctx)
+    only0 = copy.deepcopy(ref)
+    with torch.no_grad():
+        for layer in only0.adapter.layers[1:]:
+            layer.out.weight.zero_()
+            layer.out.bias.zero_()
+        want = x - sigma * only0(x, sigma * 1000, ctx, identity=identity.tokens(only0.adapter.tokenizer))
+    scale = want.abs().max().item()
+    assert (first - want).abs().max().item() / scale < 1e-4
+    assert (first - full).abs().max().item() / scale > 1e-3, "block 1's MoCA must matter, or this proves nothing"
+    with pytest.raises(ValueError, match="non-empty subset"):
+        patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), blocks=[ref.config.num_layers])
+
+
 def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
     _, model, adapter, identity = setup
     patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())

@@ -42,6 +42,26 @@ def test_pooling_and_mixing_become_adapter_options():
     assert r.expert_weight == pytest.approx((1.5, 0.5, 2.0))       # the gain of each enabled expert
 
 
+@pytest.mark.parametrize("text, n, want", [
+    ("all", 30, tuple(range(30))), ("", 4, (0, 1, 2, 3)), (" ALL ", 2, (0, 1)),
+    ("0-9", 30, tuple(range(10))), ("0-2, 20, 25..27", 30, (0, 1, 2, 20, 25, 26, 27)),
+    ("-3..-1", 30, (27, 28, 29)), ("-1", 40, (39,)), ("5, 3, 4-5", 8, (3, 4, 5)),
+])
+def test_block_ranges_resolve_against_the_model(text, n, want):
+    mixing = logic.make_mixing(blocks=text)
+    assert logic.mixing_blocks(mixing, n) == want
+    assert logic.mixing_blocks(None, n) == tuple(range(n))         # no mixing node: every block
+
+
+@pytest.mark.parametrize("text, n, match", [
+    ("0-", 30, "cannot read '0-'"), ("first", 30, "cannot read 'first'"), ("1;2", 30, "cannot read"),
+    ("30", 30, "outside this model's blocks 0..29"), ("-31", 30, "outside"), ("9-3", 30, "runs backwards"),
+])
+def test_bad_block_ranges_name_the_setting_and_the_fix(text, n, match):
+    with pytest.raises(ValueError, match=match):
+        logic.mixing_blocks({"blocks": text}, n)
+
+
 def test_defaults_for_missing_scales_are_ignored_but_changes_are_errors():
     cfg = mm.MoCAConfig.preset("tiny", scales=(1, 0))
     pooling = logic.make_pooling({"1": True, "2": True, "4": True, "T": True})
