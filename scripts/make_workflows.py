@@ -46,12 +46,13 @@ OUTPUTS = {
     "MoCATemporalPooling": ["MOCA_POOLING"], "MoCAExpertMixing": ["MOCA_MIXING"], "MoCAApply": ["MODEL"],
     "MoCAIdentityConditioning": ["CONDITIONING"], "MoCASampler": ["LATENT"], "MoCASaveTextEmbeds": ["STRING"],
     "MoCALoadTextEmbeds": ["CONDITIONING", "STRING"], "MoCAIdentityScore": ["FLOAT", "STRING", "STRING", "IMAGE"],
+    "LoraLoaderModelOnly": ["MODEL"],
 }
 # Linked input names and their types (in the node's input order), for the UI "inputs" lists.
 LINK_INPUTS = {
     "CLIPTextEncode": [("clip", "CLIP")], "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"),
                                                        ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
-    "ModelSamplingSD3": [("model", "MODEL")],
+    "ModelSamplingSD3": [("model", "MODEL")], "LoraLoaderModelOnly": [("model", "MODEL")],
     "DualCFGGuider": [("model", "MODEL"), ("cond1", "CONDITIONING"), ("cond2", "CONDITIONING"), ("negative", "CONDITIONING")],
     "BasicScheduler": [("model", "MODEL")],
     "SamplerCustomAdvanced": [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
@@ -89,7 +90,7 @@ WIDGETS = {
     "MoCASampler": ["width", "height", "frames", "steps", "text_cfg", "id_cfg", "shift", "seed", None, "sampler_name",
                     "scheduler", "batch_size"],
     "MoCASaveTextEmbeds": ["filename_prefix", "note"], "MoCALoadTextEmbeds": ["embeds_file"],
-    "MoCAIdentityScore": ["threshold"],
+    "MoCAIdentityScore": ["threshold"], "LoraLoaderModelOnly": ["lora_name", "strength_model"],
 }
 
 
@@ -210,6 +211,35 @@ def basic() -> Graph:
     return g
 
 
+DISTILL_LORA = "wan2.1_t2v_1.3B_distill_lora.safetensors"
+
+
+def distilled() -> Graph:
+    g = Graph("moca_t2v_distilled_few_steps")
+    note(g, MODEL_NOTE + f"""models/loras/{DISTILL_LORA}
+  any step-distilled speed-up LoRA for Wan 2.1 T2V 1.3B (CausVid, lightx2v, ...): pick yours in the LoRA
+  loader. Distilled models sample in 4-8 steps at cfg 1: there is no negative pass, so MoCA Sampler's
+  text_cfg 1 with id_cfg 2 costs exactly one extra model pass per step (text vs text + identity); id_cfg 1
+  costs none. The LoRA and MoCA Apply commute: either order gives the same model.""")
+    unet, clip, vae = wan_loaders(g)
+    lora = g.add("LoraLoaderModelOnly", [DISTILL_LORA, 1.0], pos=(1, 0), inputs={"model": (unet, 0)},
+                 title="Distilled speed-up LoRA")
+    img = g.add("LoadImage", ["face.png", "image"], pos=(1, 1), title="Reference face")
+    ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 2))
+    enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 3),
+                inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
+    ada = g.add("MoCAAdapterLoader", [ADAPTER, "default"], pos=(2, 0))
+    app = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (lora, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)})
+    pos, neg = prompts(g, clip, col=2, row=2)
+    smp = g.add("MoCASampler", [832, 480, 33, 6, 1.0, 2.0, 8.0, 42, "randomize", "euler", "simple", 1], pos=(3, 1),
+                inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)}, size=[340, 380],
+                title="MoCA Sampler (6 steps, cfg 1)")
+    dec = g.add("VAEDecode", [], pos=(4, 1), inputs={"samples": (smp, 0), "vae": (vae, 0)})
+    vid = g.add("CreateVideo", [16.0], pos=(4, 2), inputs={"images": (dec, 0)})
+    g.add("SaveVideo", ["video/MoCA_fast", "auto", "auto"], pos=(5, 1), inputs={"video": (vid, 0)}, size=[400, 420])
+    return g
+
+
 def dual_guidance() -> Graph:
     g = Graph("moca_t2v_dual_guidance")
     note(g, MODEL_NOTE + "\nDual guidance: DualCFGGuider's cond1 = prompt WITH identity, cond2 = the same prompt "
@@ -321,7 +351,7 @@ def smoke() -> Graph:
     return g
 
 
-UI_GRAPHS = (basic, dual_guidance, fuse_references, likeness_qa)
+UI_GRAPHS = (basic, distilled, dual_guidance, fuse_references, likeness_qa)
 
 
 def outputs() -> dict[Path, dict]:

@@ -105,6 +105,23 @@ def tiny_moca(seed: int = 0):
     return model
 
 
+def tiny_wan_lora(ref, rank: int = 4, seed: int = 0, std: float = 0.05) -> dict:
+    """A random LoRA on every attention and FFN linear of a tiny Wan (ComfyUI's "diffusion_model.<layer>"
+    lora_up / lora_down / alpha keys, what distilled speed-up LoRAs for Wan use)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in ref.named_modules():
+        if name.startswith("blocks.") and isinstance(m, torch.nn.Linear) and any(
+                part in name for part in ("self_attn.", "cross_attn.", "ffn.")):
+            key = f"diffusion_model.{name}"
+            out[f"{key}.lora_up.weight"] = torch.randn(m.out_features, rank, generator=g) * std
+            out[f"{key}.lora_down.weight"] = torch.randn(rank, m.in_features, generator=g) * std
+            out[f"{key}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
 def write_wan_vae(path: Path):
     """A random Wan 2.1 VAE (ComfyUI's own class, fp16) so VAELoader / VAE.encode / decode really run.
 
@@ -144,7 +161,7 @@ def build_models(root: Path, with_vae: bool = True) -> dict:
     mm = pack_module("moca_model")
     models, inp = root / "models", root / "input"
     for d in ("moca", "diffusion_models", "text_encoders", "vae", "insightface", "moca_identities",
-              "moca_text_embeds"):
+              "moca_text_embeds", "loras"):
         (models / d).mkdir(parents=True, exist_ok=True)
     inp.mkdir(parents=True, exist_ok=True)
     ref = tiny_moca()
@@ -152,6 +169,8 @@ def build_models(root: Path, with_vae: bool = True) -> dict:
     mm.save_moca(models / "moca" / "moca_tiny_adapter.safetensors", ref.adapter, overwrite=True)
     mm.save_wan_checkpoint(models / "diffusion_models" / "moca_tiny_wan.safetensors", ref,
                            prefix="model.diffusion_model.", overwrite=True)
+    from safetensors.torch import save_file
+    save_file(tiny_wan_lora(ref), str(models / "loras" / "wan2.1_t2v_1.3B_distill_lora.safetensors"))  # the template's name
     g = torch.Generator().manual_seed(1)
     for name in ("smoke_positive", "smoke_negative"):
         mm.save_text_embeds(models / "moca_text_embeds" / f"{name}.safetensors",
@@ -196,7 +215,7 @@ class ComfyServer:
             link.symlink_to(REPO, target_is_directory=True)
         yaml = self.root / "extra_model_paths.yaml"
         folders = ["moca", "diffusion_models", "text_encoders", "vae", "insightface", "moca_identities",
-                   "moca_text_embeds"]
+                   "moca_text_embeds", "loras"]
         yaml.write_text("moca_tests:\n" f"  base_path: {self.root / 'models'}\n"
                         + "".join(f"  {f}: {f}\n" for f in folders)
                         + f"  custom_nodes: {nodes_dir}\n")

@@ -250,6 +250,27 @@ def test_block_range_limits_moca_to_those_blocks_and_matches_mocadit(setup):
         patch.apply_moca(model, adapter, identity, mm.MoCAOptions(), blocks=[ref.config.num_layers])
 
 
+def test_compat_lora_and_moca_apply_commute(setup):
+    """A LoRA loaded by core LoraLoaderModelOnly (comfy.sd.load_lora_for_models) before or after MoCA Apply
+    gives the same model: the LoRA patches the Wan weights, MoCA adds block patches, neither drops the other."""
+    import comfy.sd
+    ref, model, adapter, identity = setup
+    lora = H.tiny_wan_lora(ref)
+    with_lora = lambda m: comfy.sd.load_lora_for_models(m, None, lora, 1.0, 0.0)[0]      # noqa: E731
+    moca = lambda m: patch.apply_moca(m, adapter, identity, mm.MoCAOptions())         # noqa: E731
+    x, sigma, ctx = inputs(9)
+    lora_then_moca = denoise(moca(with_lora(model)), x, sigma, ctx)
+    moca_then_lora = denoise(with_lora(moca(model)), x, sigma, ctx)
+    only_lora, only_moca = denoise(with_lora(model), x, sigma, ctx), denoise(moca(model), x, sigma, ctx)
+    base = denoise(model, x, sigma, ctx)
+    scale = base.abs().max().item()
+    assert (lora_then_moca - moca_then_lora).abs().max().item() / scale < 1e-6
+    assert (only_lora - base).abs().max().item() / scale > 1e-3, "the LoRA must change the model"
+    assert (lora_then_moca - only_lora).abs().max().item() / scale > 1e-3, "MoCA must still act with the LoRA"
+    assert (lora_then_moca - only_moca).abs().max().item() / scale > 1e-3, "the LoRA must still act with MoCA"
+    assert torch.equal(denoise(model, x, sigma, ctx), base), "the input model was modified"
+
+
 def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
     _, model, adapter, identity = setup
     patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
