@@ -271,6 +271,24 @@ def test_compat_lora_and_moca_apply_commute(setup):
     assert torch.equal(denoise(model, x, sigma, ctx), base), "the input model was modified"
 
 
+def test_compat_moca_on_fp8_e4m3fn_wan_weights(setup, tmp_path):
+    """Load Diffusion Model with weight_dtype fp8_e4m3fn (ComfyUI casts the weights per layer on the fly):
+    MoCA Apply still acts, and its effect matches the fp32 model's."""
+    ref, model, adapter, identity = setup
+    path = tmp_path / "tiny_wan.safetensors"
+    mm.save_wan_checkpoint(path, ref, prefix="model.diffusion_model.", overwrite=True)
+    fp8 = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.float8_e4m3fn})
+    assert fp8.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    x, sigma, ctx = inputs(11)
+    base, base8 = denoise(model, x, sigma, ctx), denoise(fp8, x, sigma, ctx)
+    effect = denoise(patch.apply_moca(model, adapter, identity, mm.MoCAOptions()), x, sigma, ctx) - base
+    effect8 = denoise(patch.apply_moca(fp8, adapter, identity, mm.MoCAOptions()), x, sigma, ctx) - base8
+    scale = base.abs().max().item()
+    assert torch.isfinite(effect8).all() and 0 < (base8 - base).abs().max().item() / scale < 0.1
+    assert effect8.abs().max().item() / scale > 1e-2
+    assert (effect8 - effect).abs().max().item() / effect.abs().max().item() < 0.2
+
+
 def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
     _, model, adapter, identity = setup
     patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
