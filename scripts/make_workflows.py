@@ -46,13 +46,15 @@ OUTPUTS = {
     "MoCATemporalPooling": ["MOCA_POOLING"], "MoCAExpertMixing": ["MOCA_MIXING"], "MoCAApply": ["MODEL"],
     "MoCAIdentityConditioning": ["CONDITIONING"], "MoCASampler": ["LATENT"], "MoCASaveTextEmbeds": ["STRING"],
     "MoCALoadTextEmbeds": ["CONDITIONING", "STRING"], "MoCAIdentityScore": ["FLOAT", "STRING", "STRING", "IMAGE"],
-    "LoraLoaderModelOnly": ["MODEL"],
+    "LoraLoaderModelOnly": ["MODEL"], "KSamplerAdvanced": ["LATENT"],
 }
 # Linked input names and their types (in the node's input order), for the UI "inputs" lists.
 LINK_INPUTS = {
     "CLIPTextEncode": [("clip", "CLIP")], "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"),
                                                        ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
     "ModelSamplingSD3": [("model", "MODEL")], "LoraLoaderModelOnly": [("model", "MODEL")],
+    "KSamplerAdvanced": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                         ("latent_image", "LATENT")],
     "DualCFGGuider": [("model", "MODEL"), ("cond1", "CONDITIONING"), ("cond2", "CONDITIONING"), ("negative", "CONDITIONING")],
     "BasicScheduler": [("model", "MODEL")],
     "SamplerCustomAdvanced": [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
@@ -91,6 +93,8 @@ WIDGETS = {
                     "scheduler", "batch_size"],
     "MoCASaveTextEmbeds": ["filename_prefix", "note"], "MoCALoadTextEmbeds": ["embeds_file"],
     "MoCAIdentityScore": ["threshold"], "LoraLoaderModelOnly": ["lora_name", "strength_model"],
+    "KSamplerAdvanced": ["add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
+                         "end_at_step", "return_with_leftover_noise"],
 }
 
 
@@ -240,6 +244,61 @@ def distilled() -> Graph:
     return g
 
 
+WAN22_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+WAN22_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
+ADAPTER_14B = "moca_wan2.1_t2v_14B.safetensors"
+
+
+def wan22() -> Graph:
+    g = Graph("moca_t2v_wan22_a14b")
+    note(g, f"""MoCA for ComfyUI - Wan 2.2 T2V A14B (two experts). Files (ComfyUI folder shown):
+
+models/diffusion_models/{WAN22_HIGH}
+models/diffusion_models/{WAN22_LOW}
+  (Comfy-Org/Wan_2.2_ComfyUI_Repackaged on Hugging Face)
+models/text_encoders/{UMT5}, models/vae/{WAN_VAE}  (the Wan 2.1 ones)
+models/insightface/models/antelopev2/
+models/moca/{ADAPTER_14B}
+  Each A14B expert has Wan 2.1 14B's layout, so one MoCA adapter for the 14B geometry goes on both
+  experts (NO TRAINED ADAPTER EXISTS YET: train one with train_moca.py). The high-noise expert runs the
+  first steps (composition, where identity is set), the low-noise expert the rest; the switch at step 10
+  of 20 is about where Wan 2.2 switches for T2V (sigma 0.875 with shift 8). To keep identity off the
+  detail steps, set MoCA Expert Mixing on the low-noise side or bypass its MoCA Apply.""")
+    high = g.add("UNETLoader", [WAN22_HIGH, "default"], pos=(0, 1), title="High-noise expert",
+                 models=[{"name": WAN22_HIGH, "directory": "diffusion_models",
+                          "url": "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+                                 f"diffusion_models/{WAN22_HIGH}"}])
+    low = g.add("UNETLoader", [WAN22_LOW, "default"], pos=(0, 2), title="Low-noise expert",
+                models=[{"name": WAN22_LOW, "directory": "diffusion_models",
+                         "url": "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+                                f"diffusion_models/{WAN22_LOW}"}])
+    clip = g.add("CLIPLoader", [UMT5, "wan", "default"], pos=(0, 3), models=[MODELS[UMT5]])
+    vae = g.add("VAELoader", [WAN_VAE], pos=(0, 4), models=[MODELS[WAN_VAE]])
+    img = g.add("LoadImage", ["face.png", "image"], pos=(1, 0), title="Reference face")
+    ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
+    enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
+                inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
+    ada = g.add("MoCAAdapterLoader", [ADAPTER_14B, "default"], pos=(1, 3))
+    app_h = g.add("MoCAApply", ["all"], pos=(2, 0), inputs={"model": (high, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)},
+                  title="MoCA Apply (high-noise)")
+    app_l = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (low, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)},
+                  title="MoCA Apply (low-noise)")
+    shf_h = g.add("ModelSamplingSD3", [8.0], pos=(2, 2), inputs={"model": (app_h, 0)})
+    shf_l = g.add("ModelSamplingSD3", [8.0], pos=(2, 3), inputs={"model": (app_l, 0)})
+    pos, neg = prompts(g, clip, col=3, row=0)
+    lat = g.add("EmptyHunyuanLatentVideo", [832, 480, 33, 1], pos=(3, 2))
+    k1 = g.add("KSamplerAdvanced", ["enable", 42, "randomize", 20, 3.5, "euler", "simple", 0, 10, "enable"], pos=(4, 0),
+               inputs={"model": (shf_h, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (lat, 0)},
+               title="Stage 1: high-noise expert (steps 0-10)", size=[340, 380])
+    k2 = g.add("KSamplerAdvanced", ["disable", 0, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"], pos=(5, 0),
+               inputs={"model": (shf_l, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (k1, 0)},
+               title="Stage 2: low-noise expert (steps 10-20)", size=[340, 380])
+    dec = g.add("VAEDecode", [], pos=(6, 0), inputs={"samples": (k2, 0), "vae": (vae, 0)})
+    vid = g.add("CreateVideo", [16.0], pos=(6, 1), inputs={"images": (dec, 0)})
+    g.add("SaveVideo", ["video/MoCA_wan22", "auto", "auto"], pos=(7, 0), inputs={"video": (vid, 0)}, size=[400, 420])
+    return g
+
+
 def dual_guidance() -> Graph:
     g = Graph("moca_t2v_dual_guidance")
     note(g, MODEL_NOTE + "\nDual guidance: DualCFGGuider's cond1 = prompt WITH identity, cond2 = the same prompt "
@@ -351,7 +410,7 @@ def smoke() -> Graph:
     return g
 
 
-UI_GRAPHS = (basic, distilled, dual_guidance, fuse_references, likeness_qa)
+UI_GRAPHS = (basic, distilled, wan22, dual_guidance, fuse_references, likeness_qa)
 
 
 def outputs() -> dict[Path, dict]:

@@ -457,6 +457,40 @@ def _prompts():
     return [[torch.randn(1, 12, 4096, generator=g), {}]], [[torch.randn(1, 12, 4096, generator=g), {}]]
 
 
+def _stage(model, latent, pos, neg, start, last, add_noise, leftover, steps=6, seed=5):
+    """What core KSamplerAdvanced runs for one stage (start_at_step .. end_at_step)."""
+    noise = comfy.sample.prepare_noise(latent, seed) if add_noise else torch.zeros_like(latent)
+    return comfy.sample.sample(model, noise, steps, 3.0, "euler", "simple", pos, neg, latent, disable_noise=not add_noise,
+                               start_step=start, last_step=last, force_full_denoise=not leftover, disable_pbar=True,
+                               seed=seed)
+
+
+def test_wan22_two_expert_stages_with_moca_on_each(setup, tmp_path):
+    """Wan 2.2 A14B: a high-noise and a low-noise expert (Wan 2.1 layout each) sampled by two KSamplerAdvanced
+    stages, MoCA Apply on each with one adapter. With one model in both stages the split equals a single
+    pass (MoCA keeps no state across calls); with two experts MoCA acts in each stage."""
+    ref, high, adapter, identity = setup
+    path = tmp_path / "tiny_wan22_low_noise.safetensors"
+    mm.save_wan_checkpoint(path, H.tiny_moca(seed=1), prefix="model.diffusion_model.", overwrite=True)
+    low = comfy.sd.load_diffusion_model(str(path))
+    moca = lambda m: patch.apply_moca(m, adapter, identity, mm.MoCAOptions())        # noqa: E731
+    pos, neg = _prompts()
+    latent = torch.zeros(1, 16, 2, 4, 4)
+
+    whole = _stage(moca(high), latent, pos, neg, 0, 6, True, False)
+    split = _stage(moca(high), _stage(moca(high), latent, pos, neg, 0, 3, True, True), pos, neg, 3, 6, False, False)
+    assert (split - whole).abs().max().item() < 1e-5 * whole.abs().max().item()
+
+    first = _stage(moca(high), latent, pos, neg, 0, 3, True, True)
+    both = _stage(moca(low), first, pos, neg, 3, 6, False, False)
+    high_only = _stage(low, first, pos, neg, 3, 6, False, False)
+    plain = _stage(low, _stage(high, latent, pos, neg, 0, 3, True, True), pos, neg, 3, 6, False, False)
+    scale = plain.abs().max().item()
+    assert torch.isfinite(both).all()
+    assert (both - high_only).abs().max().item() / scale > 1e-2, "MoCA must act on the low-noise expert"
+    assert (high_only - plain).abs().max().item() / scale > 1e-2, "MoCA must act on the high-noise expert"
+
+
 def test_moca_sampler_honours_comfyuis_cfg_patches(setup):
     """id_cfg 0 is exactly KSampler's CFG, and id_cfg 1 is KSampler's CFG with the identity on the prompt's pass
     (MoCA Apply 'marked conditioning only', the prompt marked): both with APG + RescaleCFG + CFG-Zero* applied."""
