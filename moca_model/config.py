@@ -123,3 +123,5 @@ PRESETS: dict[str, MoCAConfig] = {
     "wan2.1-14b": MoCAConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40,
                              moca_dim=2048, moca_heads=16, id_dim=1024),
 }
+# Wan 2.2 T2V A14B: each of its two experts (high noise, low noise) has Wan 2.1 14B's geometry and keys.
+PRESETS["wan2.2-a14b"] = PRESETS["wan2.1-14b"]

@@ -116,6 +116,23 @@ def test_flow_matches_the_sampler_convention():
     assert torch.equal(flow.timesteps(sigma), sigma * 1000)
 
 
+@pytest.mark.parametrize("mode", ["uniform", "logit_normal"])
+def test_wan22_sigma_range_truncates_the_training_distribution(mode):
+    """One A14B expert's adapter trains only on its share of the schedule, with the same distribution there:
+    the truncated samples are exactly the full-range samples that fall inside the range, re-spread."""
+    u = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000
+    full = flow.sample_sigmas(u, 5.0, mode)
+    for lo, hi in ((0.875, 1.0), (0.0, 0.875)):
+        part = flow.sample_sigmas(u, 5.0, mode, (lo, hi))
+        assert part.min() >= lo - 1e-6 and part.max() <= hi + 1e-6
+        inside = full[(full >= lo) & (full <= hi)]
+        qs = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+        torch.testing.assert_close(torch.quantile(part, qs), torch.quantile(inside, qs), atol=2e-3, rtol=0)
+    torch.testing.assert_close(flow.sample_sigmas(u, 5.0, mode, (0.0, 1.0)), full)
+    with pytest.raises(ValueError, match="sigma_range"):
+        flow.sample_sigmas(u, 5.0, mode, (0.9, 0.5))
+
+
 def test_lvpl_only_at_low_noise(tmp_path):
     from moca_model.training.synthetic import make_synthetic_shards, tiny_train_config
     from moca_model.training.trainer import Trainer

@@ -61,6 +61,7 @@ class LVPLSection:
 class ObjectiveSection:
     shift: float = 5.0                      # timestep shift for training-time sigma sampling
     timestep_sampling: str = "uniform"      # "uniform" or "logit_normal" u, then shifted
+    sigma_range: list = field(default_factory=lambda: [0.0, 1.0])   # train only here (one Wan 2.2 A14B expert)
     text_dropout: float = 0.1               # probability of the empty prompt (enables text CFG)
     id_dropout: float = 0.1                 # probability of no identity (enables identity CFG)
     empty_text: str | None = None           # safetensors with key "text" [L, 4096] (the encoded ""); None = zeros
@@ -174,6 +175,10 @@ class TrainConfig:
         if self.objective.timestep_sampling not in ("uniform", "logit_normal"):
             problems.append(f"objective.timestep_sampling={self.objective.timestep_sampling!r} "
                             "(choose uniform, logit_normal)")
+        lo_hi = self.objective.sigma_range
+        if len(lo_hi) != 2 or not 0.0 <= float(lo_hi[0]) < float(lo_hi[1]) <= 1.0:
+            problems.append(f"objective.sigma_range={lo_hi!r}: need [lo, hi] with 0 <= lo < hi <= 1 (Wan 2.2 A14B: "
+                            "[0.875, 1.0] for the high-noise expert, [0.0, 0.875] for the low-noise one)")
         for name in ("text_dropout", "id_dropout"):
             if not 0.0 <= getattr(self.objective, name) < 1.0:
                 problems.append(f"objective.{name} must be in [0, 1)")

@@ -13,13 +13,31 @@ import torch
 from ..sampling import shift_sigmas
 
 
-def sample_sigmas(u: torch.Tensor, shift: float, mode: str = "uniform") -> torch.Tensor:
-    """u [B] uniform in (0, 1) -> shifted sigmas [B] in (0, 1)."""
+def sample_sigmas(u: torch.Tensor, shift: float, mode: str = "uniform", sigma_range=(0.0, 1.0)) -> torch.Tensor:
+    """u [B] uniform in (0, 1) -> shifted sigmas [B] in (0, 1).
+
+    sigma_range (lo, hi): the same distribution truncated to lo <= sigma <= hi (one expert's share of the
+    schedule, e.g. Wan 2.2 A14B's low-noise expert below 0.875): every step of u -> sigma is increasing, so u
+    is mapped into the u-interval whose sigmas are [lo, hi]."""
+    if mode not in ("uniform", "logit_normal"):
+        raise ValueError(f"timestep sampling {mode!r}: choose 'uniform' or 'logit_normal'")
+    lo, hi = (float(v) for v in sigma_range)
+    if (lo, hi) != (0.0, 1.0):
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"sigma_range {sigma_range}: need 0 <= lo < hi <= 1")
+        u_lo, u_hi = (_u_of_sigma(torch.tensor(v, dtype=torch.float64), shift, mode) for v in (lo, hi))
+        u = (u_lo + u.double() * (u_hi - u_lo)).to(u.dtype)
     if mode == "logit_normal":
         u = torch.sigmoid(torch.special.ndtri(u.clamp(1e-6, 1 - 1e-6)))   # u -> N(0,1) quantile -> sigmoid
-    elif mode != "uniform":
-        raise ValueError(f"timestep sampling {mode!r}: choose 'uniform' or 'logit_normal'")
     return shift_sigmas(u, shift)
+
+
+def _u_of_sigma(sigma: torch.Tensor, shift: float, mode: str) -> torch.Tensor:
+    """The inverse of sample_sigmas' u -> sigma map (for the ends of sigma_range)."""
+    v = sigma / (shift - (shift - 1) * sigma)                             # inverse of the shift
+    if mode == "logit_normal":
+        v = torch.special.ndtr(torch.logit(v.clamp(1e-12, 1 - 1e-12)))   # inverse of sigmoid(ndtri(.))
+    return v
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

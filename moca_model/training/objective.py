@@ -83,7 +83,7 @@ class FlowObjective:
             r = int(torch.randint(n_ref, (), generator=g)) if self.cfg.data.reference == "random" else 0
             noise.append(torch.randn(shape, generator=g))
             x0.append(s["latents"].float())
-            sig.append(flow.sample_sigmas(u.view(1), o.shift, o.timestep_sampling)[0])
+            sig.append(flow.sample_sigmas(u.view(1), o.shift, o.timestep_sampling, o.sigma_range)[0])
             ctx.append(self._pad_text(self.empty_text if drop_text else s["text"]))
             arc.append((a[r] if a.ndim == 2 else a).float())
             flat.append((fl[r] if fl.ndim == 5 else fl).float())
