@@ -289,6 +289,24 @@ def test_compat_moca_on_fp8_e4m3fn_wan_weights(setup, tmp_path):
     assert (effect8 - effect).abs().max().item() / effect.abs().max().item() < 0.2
 
 
+@pytest.mark.parametrize("order", ["compile_then_moca", "moca_then_compile"])
+def test_compat_moca_under_comfyuis_torch_compile_node(setup, order):
+    """Core TorchCompileModel (inductor) on either side of MoCA Apply: MoCA's block patches still run (its
+    check that every block's patch ran would raise otherwise) and the output matches eager."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+    _, model, adapter, identity = setup
+    compile_ = lambda m: TorchCompileModel.execute(m, "inductor").result[0]            # noqa: E731
+    moca = lambda m: patch.apply_moca(m, adapter, identity, mm.MoCAOptions())         # noqa: E731
+    x, sigma, ctx = inputs(13)
+    eager = denoise(moca(model), x, sigma, ctx)
+    compiled = moca(compile_(model)) if order == "compile_then_moca" else compile_(moca(model))
+    got = denoise(compiled, x, sigma, ctx)
+    base = denoise(model, x, sigma, ctx)
+    scale = eager.abs().max().item()
+    assert (got - eager).abs().max().item() / scale < 1e-4
+    assert (got - base).abs().max().item() / scale > 1e-2, "MoCA must act under compile"
+
+
 def test_interrupt_mid_sampling_leaves_nothing_held_by_moca(setup):
     _, model, adapter, identity = setup
     patched = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
