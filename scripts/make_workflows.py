@@ -261,7 +261,8 @@ models/insightface/models/antelopev2/
 models/moca/{ADAPTER_14B}
   Each A14B expert has Wan 2.1 14B's layout, so one MoCA adapter for the 14B geometry goes on both
   experts, or one adapter per expert (configs/train_wan2.2-a14b-high-noise.yaml and -low-noise.yaml train
-  each on its share of the schedule). NO TRAINED ADAPTER EXISTS YET. The high-noise expert runs the
+  each on its share of the schedule). NO OFFICIAL MoCA WEIGHTS EXIST: train them with train_moca.py.
+  The high-noise expert runs the
   first steps (composition, where identity is set), the low-noise expert the rest; the switch at step 10
   of 20 is about where Wan 2.2 switches for T2V (sigma 0.875 with shift 8). To keep identity off the
   detail steps, set MoCA Expert Mixing on the low-noise side or bypass its MoCA Apply.""")
