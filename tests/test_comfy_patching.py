@@ -509,6 +509,38 @@ def test_wan22_two_expert_stages_with_moca_on_each(setup, tmp_path):
     assert (high_only - plain).abs().max().item() / scale > 1e-2, "MoCA must act on the high-noise expert"
 
 
+def _context_windows(model, frames: int, overlap: int):
+    """Core WanContextWindowsManual (lengths in video frames; 0.3.64's node has no freenoise input)."""
+    import inspect
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode as Node
+    kw = dict(context_length=frames, context_overlap=overlap, context_schedule="standard_static", context_stride=1,
+              closed_loop=False, fuse_method="pyramid")
+    if "freenoise" in inspect.signature(Node.execute).parameters:
+        kw["freenoise"] = False
+    return Node.execute(model, **kw).result[0]
+
+
+def test_compat_context_windows_with_moca(setup):
+    """ComfyUI's Wan context windows run the model per window of latent frames; MoCA then sees each window as
+    the clip (its whole-clip expert pools the window). Windows that cover the clip change nothing; shorter
+    windows stay finite and identity-conditioned in every window."""
+    _, model, adapter, identity = setup
+    pos, neg = _prompts()
+    latent = torch.zeros(1, 16, 5, 4, 4)                                    # 17 video frames
+    moca = patch.apply_moca(model, adapter, identity, mm.MoCAOptions())
+    off = patch.apply_moca(model, adapter, identity, mm.MoCAOptions(strength=0.0))
+    one_pass = _stage(moca, latent, pos, neg, 0, 6, True, False)
+    covering = _stage(_context_windows(moca, 17, 4), latent, pos, neg, 0, 6, True, False)
+    assert torch.equal(covering, one_pass)
+    windowed = _stage(_context_windows(moca, 9, 4), latent, pos, neg, 0, 6, True, False)     # 3 latent frames each
+    windowed_off = _stage(_context_windows(off, 9, 4), latent, pos, neg, 0, 6, True, False)
+    scale = windowed_off.abs().max().item()
+    assert torch.isfinite(windowed).all()
+    assert (windowed - one_pass).abs().max().item() / scale > 1e-3, "the windows must really split the clip"
+    per_frame = (windowed - windowed_off).abs().amax(dim=(0, 1, 3, 4)) / scale
+    assert (per_frame > 1e-2).all(), f"identity must act in every latent frame, got {per_frame.tolist()}"
+
+
 def test_moca_sampler_honours_comfyuis_cfg_patches(setup):
     """id_cfg 0 is exactly KSampler's CFG, and id_cfg 1 is KSampler's CFG with the identity on the prompt's pass
     (MoCA Apply 'marked conditioning only', the prompt marked): both with APG + RescaleCFG + CFG-Zero* applied."""
