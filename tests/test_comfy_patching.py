@@ -227,7 +227,7 @@ def test_start_end_percent_gate_moca_by_sigma(setup):
     assert torch.equal(denoise(patched, x, late, ctx), denoise(model, x, late, ctx))
 
 
-def test_block_range_limits_moca_to_those_blocks_and_matches_mocadit(setup):
+def test_compat_block_range_limits_moca_to_those_blocks(setup):
     """blocks=(0,): block 0 gets its MoCA residual, the others run as plain Wan - exactly MoCADiT with the
     other layers' output projections zeroed; every block listed equals the default."""
     import copy
