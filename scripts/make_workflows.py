@@ -246,7 +246,8 @@ def distilled() -> Graph:
 
 WAN22_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 WAN22_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
-ADAPTER_14B = "moca_wan2.1_t2v_14B.safetensors"
+ADAPTER_A14B_HIGH = "moca_wan2.2-a14b-high-noise.safetensors"
+ADAPTER_A14B_LOW = "moca_wan2.2-a14b-low-noise.safetensors"
 
 
 def wan22() -> Graph:
@@ -258,13 +259,13 @@ models/diffusion_models/{WAN22_LOW}
   (Comfy-Org/Wan_2.2_ComfyUI_Repackaged on Hugging Face)
 models/text_encoders/{UMT5}, models/vae/{WAN_VAE}  (the Wan 2.1 ones)
 models/insightface/models/antelopev2/
-models/moca/{ADAPTER_14B}
-  Each A14B expert has Wan 2.1 14B's layout, so one MoCA adapter for the 14B geometry goes on both
-  experts, or one adapter per expert (configs/train_wan2.2-a14b-high-noise.yaml and -low-noise.yaml train
-  each on its share of the schedule). NO OFFICIAL MoCA WEIGHTS EXIST: train them with train_moca.py.
-  The high-noise expert runs the
-  first steps (composition, where identity is set), the low-noise expert the rest; the switch at step 10
-  of 20 is about where Wan 2.2 switches for T2V (sigma 0.875 with shift 8). To keep identity off the
+models/moca/{ADAPTER_A14B_HIGH} and {ADAPTER_A14B_LOW}
+  One adapter per expert, as train_moca.py makes them (configs/train_wan2.2-a14b-high-noise.yaml and
+  -low-noise.yaml): each expert samples only its part of the schedule and has its own features, so each
+  adapter trains on its expert and its share of the sigmas. NO OFFICIAL MoCA WEIGHTS EXIST: train them with
+  train_moca.py (a Wan 2.1 14B adapter also loads on both experts, untuned for either).
+The high-noise expert runs the first steps (composition, where identity is set), the low-noise expert
+the rest; the switch at step 10 of 20 is about where Wan 2.2 switches for T2V (sigma 0.875, shift 8). To keep identity off the
   detail steps, set MoCA Expert Mixing on the low-noise side or bypass its MoCA Apply.""")
     high = g.add("UNETLoader", [WAN22_HIGH, "default"], pos=(0, 1), title="High-noise expert",
                  models=[{"name": WAN22_HIGH, "directory": "diffusion_models",
@@ -280,10 +281,11 @@ models/moca/{ADAPTER_14B}
     ana = g.add("MoCAFaceAnalyzerLoader", ["antelopev2", "auto", 640], pos=(1, 1))
     enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 256], pos=(1, 2),
                 inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
-    ada = g.add("MoCAAdapterLoader", [ADAPTER_14B, "default"], pos=(1, 3))
-    app_h = g.add("MoCAApply", ["all"], pos=(2, 0), inputs={"model": (high, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)},
+    ada_h = g.add("MoCAAdapterLoader", [ADAPTER_A14B_HIGH, "default"], pos=(1, 3), title="MoCA adapter (high-noise)")
+    ada_l = g.add("MoCAAdapterLoader", [ADAPTER_A14B_LOW, "default"], pos=(1, 4), title="MoCA adapter (low-noise)")
+    app_h = g.add("MoCAApply", ["all"], pos=(2, 0), inputs={"model": (high, 0), "moca_adapter": (ada_h, 0), "moca_id": (enc, 0)},
                   title="MoCA Apply (high-noise)")
-    app_l = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (low, 0), "moca_adapter": (ada, 0), "moca_id": (enc, 0)},
+    app_l = g.add("MoCAApply", ["all"], pos=(2, 1), inputs={"model": (low, 0), "moca_adapter": (ada_l, 0), "moca_id": (enc, 0)},
                   title="MoCA Apply (low-noise)")
     shf_h = g.add("ModelSamplingSD3", [8.0], pos=(2, 2), inputs={"model": (app_h, 0)})
     shf_l = g.add("ModelSamplingSD3", [8.0], pos=(2, 3), inputs={"model": (app_l, 0)})

@@ -185,7 +185,8 @@ def build_models(root: Path, with_vae: bool = True) -> dict:
     for rel in ("diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors", "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                 "vae/wan_2.1_vae.safetensors", "moca/moca_wan2.1_t2v_1.3B.safetensors",
                 "diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
-                "diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "moca/moca_wan2.1_t2v_14B.safetensors",
+                "diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "moca/moca_wan2.2-a14b-high-noise.safetensors",
+                "moca/moca_wan2.2-a14b-low-noise.safetensors",
                 "moca_identities/identity_00001_.safetensors"):
         (models / rel).touch()
     (models / "moca" / "pickled_adapter.ckpt").write_bytes(b"\x80\x02}q\x00.")   # must not be listed

@@ -485,13 +485,17 @@ def _stage(model, latent, pos, neg, start, last, add_noise, leftover, steps=6, s
 
 def test_wan22_two_expert_stages_with_moca_on_each(setup, tmp_path):
     """Wan 2.2 A14B: a high-noise and a low-noise expert (Wan 2.1 layout each) sampled by two KSamplerAdvanced
-    stages, MoCA Apply on each with one adapter. With one model in both stages the split equals a single
-    pass (MoCA keeps no state across calls); with two experts MoCA acts in each stage."""
+    stages, MoCA Apply on each with that expert's adapter (as the template does). With one model in both
+    stages the split equals a single pass (MoCA keeps no state across calls); with two experts MoCA acts in
+    each stage."""
     ref, high, adapter, identity = setup
     path = tmp_path / "tiny_wan22_low_noise.safetensors"
-    mm.save_wan_checkpoint(path, H.tiny_moca(seed=1), prefix="model.diffusion_model.", overwrite=True)
+    low_ref = H.tiny_moca(seed=1)
+    mm.save_wan_checkpoint(path, low_ref, prefix="model.diffusion_model.", overwrite=True)
     low = comfy.sd.load_diffusion_model(str(path))
-    moca = lambda m: patch.apply_moca(m, adapter, identity, mm.MoCAOptions())        # noqa: E731
+    low_adapter = adapter_mod.build_adapter_patcher(low_ref.config, low_ref.adapter.state_dict(), "tiny-low")
+    experts = {id(high): adapter, id(low): low_adapter}
+    moca = lambda m: patch.apply_moca(m, experts[id(m)], identity, mm.MoCAOptions())  # noqa: E731
     pos, neg = _prompts()
     latent = torch.zeros(1, 16, 2, 4, 4)
 
