@@ -51,8 +51,11 @@ def test_loss_terms():
     cfg = _tiny(amp=False)
     t = vt.vae_losses(vae, x, cfg, torch.randn(vt.latent_shape(x.shape)))
     assert all(torch.isfinite(v) for v in t.values())
-    torch.testing.assert_close(t["loss"], t["l1"] + cfg.edge_weight * t["edge"] + cfg.kl_weight * t["kl"]
+    assert cfg.recon == "mse"
+    torch.testing.assert_close(t["loss"], t["mse"] + cfg.edge_weight * t["edge"] + cfg.kl_weight * t["kl"]
                                + cfg.moment_weight * t["moment"])
+    t1 = vt.vae_losses(vae, x, _tiny(amp=False, recon="l1", edge_weight=0.5), None)
+    torch.testing.assert_close(t1["loss"], t1["l1"] + 0.5 * t1["edge"] + cfg.kl_weight * t1["kl"] + cfg.moment_weight * t1["moment"])
     t["loss"].backward()
     assert all(p.grad is not None for p in vae.parameters())
 
