@@ -344,7 +344,9 @@ def main(argv) -> int:
     dtype = getattr(torch, a.dtype)
     cacher = Cacher(load_video_encoder(a.vae, a.device, dtype),
                     load_text_encoder(a.text_encoder, a.tokenizer, a.device, dtype),
-                    InsightFaceEncoder(a.face_models, a.face_pack, a.face_crop),
+                    # the face models run where the VAE does: on a CPU run, onnxruntime is not asked for CUDA
+                    InsightFaceEncoder(a.face_models, a.face_pack, a.face_crop,
+                                       provider="cpu" if a.device == "cpu" else "auto"),
                     num_frames=a.frames, height=a.height, width=a.width, fps=a.fps or None,
                     reference_frames=a.reference_frames, samples_per_shard=a.samples_per_shard)
     stats = cacher.run(a.manifest, a.out)
