@@ -132,3 +132,23 @@ def test_comfyui_core_loader_decodes_the_shipped_file_like_we_do(shipped):
         assert (theirs - ours).abs().max() < 1e-4
         pixels = torch.from_numpy(frames).float() / 255
         assert ((cv.encode(pixels).float() - mu).abs().max() / mu.abs().max()) < 1e-4
+
+
+def test_standardising_the_latents_keeps_reconstructions_and_makes_them_unit_normal():
+    from moca_model.wan_vae import WanVAE
+    torch.manual_seed(0)
+    vae = vt.init_for_training(WanVAE(dim=4), _tiny()).eval()
+    with torch.no_grad():                                          # an arbitrary, non-standard latent space
+        vae.conv1.weight[:16] *= torch.rand(16, 1, 1, 1, 1) * 3
+        vae.conv1.bias[:16] += torch.randn(16)
+    videos = [torch.rand(2, 3, 5, 16, 16) * 2 - 1 for _ in range(3)]
+    with torch.no_grad():
+        before = [vae.decode(vae.encode(v)) for v in videos]
+    m, s = vt.latent_moments(vae, videos, amp=False)
+    assert (m.abs() > 0.1).any() or ((s - 1).abs() > 0.1).any()    # the test starts off-standard
+    vt.standardize_latents(vae, m, s)
+    m2, s2 = vt.latent_moments(vae, videos, amp=False)
+    assert m2.abs().max() < 1e-3 and (s2 - 1).abs().max() < 1e-3
+    with torch.no_grad():
+        for v, b in zip(videos, before):
+            torch.testing.assert_close(vae.decode(vae.encode(v)), b, atol=1e-4, rtol=1e-4)

@@ -5,18 +5,21 @@ Status (2026-12-01): not shipped yet. What the recipe rests on (PSNR of reconstr
   crop reached 18.5 dB after 250 steps with L1 and 26.4 dB with MSE (40 dB after 1,000); on the training
   stream an L1 run was at 18.2 dB on a held-out clip after 5,500 steps;
 - small batches (2 windows) learn ~3x more per CPU second than 6, at lr 5e-4 (2e-3 and 2e-4 were worse);
-- init_for_training (below) keeps the decoder from starting dead.
+- init_for_training (below) keeps the decoder from starting dead;
+- no moment loss while training (see Latent space).
 
 Design
 - Architecture: Wan 2.1's VAE exactly (causal 3-D convs, 4x time / 8x space, 16 latent channels, Wan's
   parameter names) at base width `dim` (Wan: 96), so ComfyUI's core "Load VAE" (0.8.0 reads the width from
   the weights; 0.3.64 assumes 96 and refuses it) and `moca_model.wan_vae.load_wan_vae` both take the file.
 - Latent space: the toy DiT and the MoCA trainer see *normalised* latents (mu - WAN21_MEAN) / WAN21_STD,
-  what ComfyUI's Wan21 latent format feeds the model, so the loss pulls those towards zero mean and unit
-  variance per channel (moment matching on the batch), and the decoder learns from mu + 0.1 * eps (fixed
-  noise in normalised units), so it tolerates the imperfect latents a DiT produces. A learned posterior with
-  a KL term drifted to sigma ~0.8 and the decoder learned to ignore the latent.
-- Loss: MSE + moment matching (edge L1 and KL are there, weighted 0); bf16 autocast on the CPU.
+  what ComfyUI's Wan21 latent format feeds the model. Training pulls nothing towards N(0, 1) (a moment loss
+  cost ~1.4 dB after 500 steps: 15.9 vs 17.3 dB on a held-out clip); after training, `standardize_latents`
+  folds an exact per-channel affine into the 1x1 convs around the latent so the normalised latents of
+  training clips have mean 0 and std 1, without changing a single reconstruction. (Noise on the decoder's
+  input, `noise_sigma`, is off: a learned posterior with a KL term drifted to sigma ~0.8 and the decoder
+  learned to ignore the latent.)
+- Loss: MSE (edge L1, moment matching and KL are there, weighted 0); bf16 autocast on the CPU.
 - Data: clips rendered on the fly from TRAIN_IDS (a sliding pool; some two-person clips) - mostly random
   64x64 crops of 5-frame (1 + 4) windows (the convs are translation-equivariant, so crops teach the same
   weights far cheaper), some 17-frame 64x64 crops and full 17x128x128 clips (longer causal context, image
@@ -69,9 +72,9 @@ class VAETrainConfig:
     min_lr: float = 0.05             # cosine floor, as a fraction of lr
     recon: str = "mse"               # reconstruction loss: "mse" or "l1"
     edge_weight: float = 0.0         # L1 on finite differences in x and y
-    kl_weight: float = 0.0           # KL on the learned posterior; 0: the decoder sees mu + noise_sigma * eps
-    noise_sigma: float = 0.1         # fixed posterior noise in normalised latent units (0: use the learned one)
-    moment_weight: float = 0.1
+    kl_weight: float = 0.0           # KL of the (unused) log-variance half; logged only at 0
+    noise_sigma: float = 0.0         # noise on the decoder's input, in normalised latent units (0: none)
+    moment_weight: float = 0.0       # pull the normalised latents to N(0, 1) while training (0: standardise after)
     pool: int = 192                  # clips held at a time
     new_per_step: float = 0.5        # clips that enter the pool per step
     two_person: float = 0.15         # fraction of two-person clips
@@ -196,10 +199,9 @@ def vae_losses(vae: WanVAE, video: torch.Tensor, cfg: VAETrainConfig, eps: torch
     mu_n = (mu.float() - mean) / std                                           # what the DiT sees
     lv_n = log_var.float().clamp(-30.0, 20.0) - 2 * std.log()
     z_n = mu_n
-    if eps is not None:  # a fixed noise level: a learned one drifted to sigma ~0.8 on toy clips and the decoder
-        # learned to ignore the latent (L1 stuck at 0.42 for 300 steps), a fixed 0.1 trains from the first steps
-        sigma = cfg.noise_sigma if cfg.noise_sigma > 0 else (0.5 * lv_n).exp()
-        z_n = mu_n + sigma * eps
+    if eps is not None and cfg.noise_sigma > 0:  # a fixed level: a learned posterior drifted to sigma ~0.8 on
+        z_n = mu_n + cfg.noise_sigma * eps        # toy clips and the decoder learned to ignore the latent
+
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
         rec = vae.decode(z_n * std + mean)
     rec = rec.float()
@@ -400,6 +402,40 @@ def load_toy_vae(path=None, device="cpu", dtype=torch.float32) -> WanVAE:
     return load_wan_vae(path, device=device, dtype=dtype)
 
 
+@torch.no_grad()
+def latent_moments(vae: WanVAE, videos, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std [16] of the normalised latents (mu - WAN21_MEAN) / WAN21_STD over `videos`
+    (an iterable of [B, 3, T, H, W] batches in [-1, 1])."""
+    mean, std = _stats()
+    s1 = s2 = 0.0
+    n = 0
+    for video in videos:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            mu = vae.encode(video)
+        z = ((mu.float() - mean) / std).transpose(0, 1).reshape(mu.shape[1], -1)      # [16, N]
+        s1, s2, n = s1 + z.double().sum(1), s2 + z.double().square().sum(1), n + z.shape[1]
+    m = s1 / n
+    return m.float(), (s2 / n - m.square()).clamp_min(1e-12).sqrt().float()
+
+
+@torch.no_grad()
+def standardize_latents(vae: WanVAE, m: torch.Tensor, s: torch.Tensor) -> WanVAE:
+    """Fold an exact per-channel affine into the 1x1 convs around the latent so the normalised latents have
+    mean 0 and std 1 where they had (m, s): the encoder's mu rows of conv1 map to M + (mu - M - S m) / s and
+    conv2 undoes it, so reconstructions do not change (M, S: WAN21_MEAN / STD). This is what makes the
+    latents fit ComfyUI's fixed Wan 2.1 latent normalisation without a moment loss while training."""
+    M, S = (t.view(-1) for t in _stats())
+    z = vae.z_dim
+    w1, b1 = vae.conv1.weight, vae.conv1.bias                                  # [2z, 2z, 1, 1, 1], [2z]
+    w1[:z] /= s.view(z, 1, 1, 1, 1)
+    b1[:z] = M + (b1[:z] - M - S * m) / s
+    d = M * (1 - s) + S * m                                                    # z_raw = s * z' + d
+    w2, b2 = vae.conv2.weight, vae.conv2.bias                                  # [z, z, 1, 1, 1], [z]
+    b2 += (w2.view(z, z) @ d)
+    w2 *= s.view(1, z, 1, 1, 1)
+    return vae
+
+
 def train_toy_vae(out_path=None, steps: int | None = None, seed: int = 0, resume_dir=None, *,
                   config: VAETrainConfig | dict | None = None, eval_clips: int = 32, log=print) -> dict:
     """Train (resuming from resume_dir if it holds checkpoints), evaluate on held-out identities, and write
@@ -411,6 +447,12 @@ def train_toy_vae(out_path=None, steps: int | None = None, seed: int = 0, resume
     t0, cpu0 = time.perf_counter(), time.process_time()
     vae = train_vae(cfg, seed=seed, resume_dir=resume_dir, log=log)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    from . import world
+    stats_ids = list(world.TRAIN_IDS)[:64]                                     # training people, fresh clips
+    m, s = latent_moments(vae, (_to_video(np.stack([world.make_clip(pid, 7000 + i).frames for pid in stats_ids[i:i + 4]]))
+                                for i in range(0, len(stats_ids), 4)))
+    standardize_latents(vae, m, s)
+    log(f"[toy-vae] latents standardised (before: mean {m.abs().max():.3f} max |.|, std {s.min():.3f}..{s.max():.3f})")
     shipped = load_wan_vae({k: v.half() for k, v in vae.state_dict().items()})   # what the file will hold
     figures = evaluate_vae(shipped, n_clips=eval_clips) if eval_clips else {}
     figures.update({"width": cfg.dim, "params": sum(p.numel() for p in vae.parameters()), "steps": cfg.steps,
