@@ -105,6 +105,22 @@ def tiny_moca(seed: int = 0):
     return model
 
 
+def denoise(model, x, sigma, ctx, model_conds=None):
+    """One denoiser call of a ComfyUI MODEL through ComfyUI's real path (wrappers, patches, model_sampling)."""
+    import torch
+
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.patcher_extension
+    comfy.model_management.load_models_gpu([model])
+    opts = comfy.model_patcher.create_model_options_clone(model.model_options)
+    to = dict(opts.get("transformer_options", {}))
+    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(model.wrappers)
+    to["sigmas"] = sigma
+    with torch.no_grad():
+        return model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to, **(model_conds or {}))
+
+
 def tiny_wan_lora(ref, rank: int = 4, seed: int = 0, std: float = 0.05) -> dict:
     """A random LoRA on every attention and FFN linear of a tiny Wan (ComfyUI's "diffusion_model.<layer>"
     lora_up / lora_down / alpha keys, what distilled speed-up LoRAs for Wan use)."""

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.comfyui
 H.require_comfyui()
 H.import_comfy()
 
-import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (requirements-test.txt has it)")
@@ -90,15 +89,7 @@ def models(tmp_path_factory, comfyui_gguf):
     return plain, model, adapter, identity, len(quantised)
 
 
-def denoise(model, x, sigma, ctx):
-    import comfy.patcher_extension
-    comfy.model_management.load_models_gpu([model])
-    opts = comfy.model_patcher.create_model_options_clone(model.model_options)
-    to = dict(opts.get("transformer_options", {}))
-    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(model.wrappers)
-    to["sigmas"] = sigma
-    with torch.no_grad():
-        return model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
+denoise = H.denoise
 
 
 def test_compat_moca_apply_on_a_gguf_q8_wan_from_comfyui_gguf(models):

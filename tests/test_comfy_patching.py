@@ -41,15 +41,7 @@ def setup(tmp_path_factory):
     return ref, model, adapter, identity
 
 
-def denoise(model, x, sigma, ctx, model_conds=None):
-    """One denoiser call through ComfyUI's real path (wrappers, patches, model_sampling)."""
-    comfy.model_management.load_models_gpu([model])
-    opts = comfy.model_patcher.create_model_options_clone(model.model_options)
-    to = dict(opts.get("transformer_options", {}))
-    to["wrappers"] = comfy.patcher_extension.copy_nested_dicts(model.wrappers)
-    to["sigmas"] = sigma
-    with torch.no_grad():
-        return model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to, **(model_conds or {}))
+denoise = H.denoise
 
 
 def inputs(seed=0):
