@@ -126,9 +126,14 @@ def test_fsdp2_accumulation_reduces_gradients_once_per_step(single):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(cfg), str(tmp / "counts.json")], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=240)
+    for attempt in range(2):   # a rank has aborted at exit under load ("terminate called without an active
+        # exception", after a complete run) in 2 of ~8 full-suite runs, never alone: retry once, report both
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(script), str(cfg), str(tmp / "counts.json")], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=240)
+        if res.returncode == 0:
+            break
+        print(f"\ntorchrun attempt {attempt + 1} failed ({res.returncode}):\n{res.stderr[-1500:]}")
     assert res.returncode == 0, res.stderr[-4000:]
     counts = json.loads((tmp / "counts.json").read_text())
     print(f"\nFSDP2 reduce-scatters per optimiser step: {counts['1']} with 1 micro-batch, {counts['3']} with 3")
