@@ -35,7 +35,7 @@ class MoCAState:
     """What one MoCA Apply attached: shared (never copied) by its block patches and wrappers."""
 
     def __init__(self, adapter_patcher, identity: MoCAIdentity | None, options: MoCAOptions,
-                 start_percent: float = 0.0, end_percent: float = 1.0, apply_to: str = "all", blocks=None):
+                 start_percent: float, end_percent: float, apply_to: str, blocks: tuple):
         if apply_to not in APPLY_TO:
             raise ValueError(f"MoCA Apply: apply_to must be one of {APPLY_TO}, not {apply_to!r}")
         self.uid = uuid.uuid4().hex
@@ -45,8 +45,7 @@ class MoCAState:
         self.resolved: ResolvedOptions = options.resolve(adapter_patcher.model.config)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
         self.apply_to = apply_to
-        n = adapter_patcher.model.config.num_layers
-        self.blocks = tuple(range(n)) if blocks is None else tuple(blocks)    # DiT blocks MoCA acts on
+        self.blocks = blocks                                                  # DiT blocks MoCA acts on
 
     @property
     def adapter(self):

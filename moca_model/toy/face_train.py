@@ -69,16 +69,9 @@ def _analyzer(models_root, det_size: int = 640):
 def judge_analyzer(models_root=TOY_MODELS / "insightface", eval_path=EVAL_REC, det_size: int = 640):
     """A ``FaceAnalyzer`` that detects with the toy pack's detector and embeds with the evaluation recogniser
     (``rec_eval.onnx``), so ``encode`` / ``likeness_scores`` run unchanged to JUDGE likeness with a network
-    that did not condition the model. Its embeddings are not comparable with the pack recogniser's."""
-    from dataclasses import replace
-
-    from moca_model.face import FaceAnalyzer
-    from moca_model.face.backends import open_backend
-    from moca_model.face.packs import find_pack
-
-    pack = replace(find_pack(models_root, PACK), recognizer=Path(eval_path))
-    backend, notice = open_backend(pack, "cpu", "onnxruntime")
-    return FaceAnalyzer(backend, pack, det_size=det_size, notice=notice)
+    that did not condition the model (``metrics.eval_analyzer`` with the toy pack)."""
+    from .metrics import eval_analyzer
+    return eval_analyzer(models_root, PACK, eval_path, det_size=det_size)
 
 
 def box_iou(a, b) -> float:
