@@ -7,6 +7,8 @@ from . import paths
 
 paths.register_folders()
 paths.offer_toy_inputs()
+if paths.toy_vae_notice():
+    print(paths.toy_vae_notice())
 
 from .nodes_face import MoCAEncodeFace, MoCAIdentityScore, MoCALoadIdentity, MoCASaveIdentity  # noqa: E402
 from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader  # noqa: E402

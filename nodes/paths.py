@@ -143,3 +143,27 @@ def output_path(subdir: str, prefix: str, ext: str = ".safetensors") -> str:
         if not os.path.exists(path):
             return path
         counter += 1
+
+
+def comfyui_version() -> tuple[int, ...] | None:
+    """ComfyUI's version as a tuple (from its comfyui_version.py), None when it cannot be read."""
+    try:
+        import comfyui_version
+        return tuple(int(p) for p in str(comfyui_version.__version__).split(".")[:3])
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+TOY_VAE_MIN_COMFYUI = (0, 8, 0)     # checked: 0.3.64 fails, 0.8.0 works; the versions between were not tried
+
+
+def toy_vae_notice(version=None) -> str | None:
+    """One line for the start-up log when this ComfyUI may not load the toy VAE (0.3.64 builds every Wan 2.1
+    VAE at full width; 0.8.0 reads the width from the weights), else None."""
+    version = comfyui_version() if version is None else version
+    if version is None or version >= TOY_VAE_MIN_COMFYUI or not os.path.isdir(os.path.join(TOY_DIR, "vae")):
+        return None
+    return (f"[MoCA] ComfyUI {'.'.join(map(str, version))}: the toy world's template (moca_toy_world_cpu) needs "
+            f"ComfyUI 0.8.0 or newer - older versions such as 0.3.64 build every Wan 2.1 VAE at full width and "
+            f"Load VAE fails with 'size mismatch' on the narrow toy VAE. Update ComfyUI to use it; the rest of "
+            f"the pack works on this version.")

@@ -46,7 +46,7 @@ OUTPUTS = {
     "MoCATemporalPooling": ["MOCA_POOLING"], "MoCAExpertMixing": ["MOCA_MIXING"], "MoCAApply": ["MODEL"],
     "MoCAIdentityConditioning": ["CONDITIONING"], "MoCASampler": ["LATENT"], "MoCASaveTextEmbeds": ["STRING"],
     "MoCALoadTextEmbeds": ["CONDITIONING", "STRING"], "MoCAIdentityScore": ["FLOAT", "STRING", "STRING", "IMAGE"],
-    "LoraLoaderModelOnly": ["MODEL"], "KSamplerAdvanced": ["LATENT"],
+    "LoraLoaderModelOnly": ["MODEL"], "KSamplerAdvanced": ["LATENT"], "MoCAToyTextEncode": ["CONDITIONING"],
 }
 # Linked input names and their types (in the node's input order), for the UI "inputs" lists.
 LINK_INPUTS = {
@@ -92,7 +92,7 @@ WIDGETS = {
     "MoCASampler": ["width", "height", "frames", "steps", "text_cfg", "id_cfg", "shift", "seed", None, "sampler_name",
                     "scheduler", "batch_size"],
     "MoCASaveTextEmbeds": ["filename_prefix", "note"], "MoCALoadTextEmbeds": ["embeds_file"],
-    "MoCAIdentityScore": ["threshold"], "LoraLoaderModelOnly": ["lora_name", "strength_model"],
+    "MoCAIdentityScore": ["threshold"], "MoCAToyTextEncode": ["text"], "LoraLoaderModelOnly": ["lora_name", "strength_model"],
     "KSamplerAdvanced": ["add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
                          "end_at_step", "return_with_leftover_noise"],
 }
@@ -384,6 +384,57 @@ def likeness_qa() -> Graph:
     return g
 
 
+# The toy world's template: the pack's own trained toy models (toy_models/, moca_model/toy), on a CPU.
+TOY_DIT = "toy_wan_t2v.safetensors"
+TOY_VAE = "toy_wan_vae.safetensors"
+TOY_ADAPTER = "toy_moca_adapter.safetensors"
+TOY_FACE = "moca_toy_person_100000.png"
+TOY_PROMPT = "a person turns their head to the left in front of a striped wall, in warm evening light"
+TOY_NOTE = f"""MoCA toy world - runs on a CPU in about a minute, with nothing to download.
+
+Every model here was trained by this pack on a world it generates (cartoon people in 17-frame 128x128
+clips; see docs/toy_world.md): {TOY_DIT}, {TOY_VAE}, {TOY_ADAPTER} and the 'toyface' face pack ship
+in the pack's toy_models/ folder and are listed automatically. The reference photos
+moca_toy_person_1000xx.png (held-out people no model trained on) are copied into input/.
+
+Needs ComfyUI 0.8.0 or newer: older ComfyUI builds every Wan VAE at full width and Load VAE fails with
+'size mismatch' on the narrow toy VAE (the pack prints a notice at start-up).
+
+The toy models know only the toy world's words: actions (turns their head to the left / right, nods,
+smiles, opens their mouth, blinks, moves across, zooms in / out), backgrounds (a striped wall, a sandy beach
+by the sea, a night sky, ...) and light (bright daylight, warm evening light, dim light, cool blue light).
+Say nothing about the person: identity comes from the photo. Set identity_strength (MoCA Expert Mixing)
+to 0 to see the same seed without identity.
+"""
+
+
+def toy() -> Graph:
+    g = Graph("moca_toy_world_cpu")
+    g.add("Note", [TOY_NOTE], pos=(-1.2, 0), size=[420, 640], title="Read me: the toy world")
+    unet = g.add("UNETLoader", [TOY_DIT, "default"], pos=(0, 0))
+    vae = g.add("VAELoader", [TOY_VAE], pos=(0, 1))
+    img = g.add("LoadImage", [TOY_FACE, "image"], pos=(0, 2), title="Reference face (a held-out toy person)")
+    ana = g.add("MoCAFaceAnalyzerLoader", ["toyface", "cpu", 640], pos=(1, 0))
+    enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 128], pos=(1, 1),
+                inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
+    g.add("PreviewImage", [], pos=(1, 2), inputs={"images": (enc, 1)}, title="Aligned face (check it)")
+    ada = g.add("MoCAAdapterLoader", [TOY_ADAPTER, "default"], pos=(2, 0))
+    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, "all"], pos=(2, 1), size=[340, 380])
+    shift = g.add("ModelSamplingSD3", [3.0], pos=(0, 3), inputs={"model": (unet, 0)}, title="Shift 3 (what the toy model was sampled with)")
+    app = g.add("MoCAApply", ["all"], pos=(2, 2), inputs={"model": (shift, 0), "moca_adapter": (ada, 0),
+                                                          "moca_id": (enc, 0), "moca_mixing": (mix, 0)})
+    pos = g.add("MoCAToyTextEncode", [TOY_PROMPT], pos=(3, 0), title="Prompt (toy words)")
+    neg = g.add("MoCAToyTextEncode", [""], pos=(3, 1), title="Negative (empty)")
+    smp = g.add("MoCASampler", [128, 128, 17, 20, 5.0, 2.0, 0.0, 0, "fixed", "dpmpp_2m", "simple", 1], pos=(3, 2),
+                inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)}, size=[340, 380])
+    dec = g.add("VAEDecode", [], pos=(4, 0), inputs={"samples": (smp, 0), "vae": (vae, 0)})
+    g.add("MoCAIdentityScore", [0.4], pos=(4, 1), inputs={"frames": (dec, 0), "moca_id": (enc, 0),
+                                                          "face_analyzer": (ana, 0)})
+    vid = g.add("CreateVideo", [8.0], pos=(4, 2), inputs={"images": (dec, 0)})
+    g.add("SaveVideo", ["video/MoCA_toy", "auto", "auto"], pos=(5, 0), inputs={"video": (vid, 0)}, size=[400, 420])
+    return g
+
+
 # The CPU smoke test (run headless by tests/test_comfy_server.py on tiny random models the test builds).
 SMOKE_DIT = "moca_tiny_dit.safetensors"
 SMOKE_VAE = "moca_tiny_test_vae.safetensors"
@@ -414,12 +465,13 @@ def smoke() -> Graph:
     return g
 
 
-UI_GRAPHS = (basic, distilled, wan22, dual_guidance, fuse_references, likeness_qa)
+UI_GRAPHS = (basic, distilled, wan22, dual_guidance, fuse_references, likeness_qa, toy)
 
 
 def outputs() -> dict[Path, dict]:
     files = {ROOT / "example_workflows" / f"{g().name}.json": g().ui() for g in UI_GRAPHS}
     files[ROOT / "example_workflows" / "api" / "moca_smoke_cpu_api.json"] = smoke().api()
+    files[ROOT / "example_workflows" / "api" / "moca_toy_world_cpu_api.json"] = toy().api()
     return files
 
 

@@ -126,6 +126,10 @@ def _check_value(where, spec, value):
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
 def test_ui_workflow_nodes_and_widgets_are_valid(path, object_info):
+    if path.stem.startswith("moca_toy_"):
+        from moca_model.toy.pipeline import missing_files
+        if missing_files():
+            pytest.skip(f"{path.name} names the toy world's models, not in this checkout: {missing_files()}")
     wf = json.loads(path.read_text())
     assert wf.get("version") == 0.4 and wf["nodes"] and "links" in wf
     types = {n["type"] for n in wf["nodes"]}

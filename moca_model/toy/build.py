@@ -56,6 +56,8 @@ class Stamps:
 
     def mark(self, stage: str, settings: dict, seconds: float, figures: dict | None = None):
         from ..atomic import atomic_target
+        if self.path.is_file():                      # another build process may have marked a stage meanwhile
+            self.d = json.loads(self.path.read_text())
         self.d[stage] = {"digest": self.digest(settings), "seconds": round(seconds, 1), "settings": settings,
                          "figures": figures or {}}
         with atomic_target(self.path, overwrite=True) as tmp:
