@@ -348,14 +348,16 @@ def train_vae(cfg: VAETrainConfig, seed: int = 0, resume_dir=None, log=print, id
 
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate_vae(vae: WanVAE, n_clips: int = 32, batch: int = 4, ids=None, clip_seed: int = 0) -> dict:
+def evaluate_vae(vae: WanVAE, n_clips: int = 32, batch: int = 4, ids=None, clip_seed: int = 0, judge=None) -> dict:
     """Reconstruction PSNR (uint8 frames, per clip, then mean and a 95% interval) on 17x128x128 clips of
     held-out identities, per-channel mean / std of the normalised latents, and encode / decode seconds
-    per clip (in batches of `batch`, on the threads torch has)."""
+    per clip (in batches of `batch`, on the threads torch has). With a `judge` (a FaceAnalyzer, e.g. the
+    evaluation recogniser), also the mean likeness of the original and of the reconstructed clips to the
+    person's reference photo: what the VAE leaves of identity, the ceiling of any model decoded by it."""
     from . import world
     from ..latents import normalize_latent
     ids = list(ids if ids is not None else world.HELDOUT_IDS)[:n_clips]
-    psnr, lat, t_enc, t_dec = [], [], 0.0, 0.0
+    psnr, lat, t_enc, t_dec, like = [], [], 0.0, 0.0, {"original": [], "reconstructed": []}
     vae = vae.eval()
     for i in range(0, len(ids), batch):
         frames = np.stack([world.make_clip(pid, clip_seed).frames for pid in ids[i:i + batch]])
@@ -371,6 +373,12 @@ def evaluate_vae(vae: WanVAE, n_clips: int = 32, batch: int = 4, ids=None, clip_
         mse = (rec8 - ref8).square().mean(dim=(1, 2, 3, 4))
         psnr += (10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))).tolist()
         lat.append(normalize_latent(mu))
+        if judge is not None:
+            from .metrics import likeness
+            for j, pid in enumerate(ids[i:i + batch]):
+                ref = world.make_reference(pid, 0).image
+                like["original"].append(likeness(judge, frames[j], ref).mean)
+                like["reconstructed"].append(likeness(judge, rec8[j].permute(1, 2, 3, 0).byte().numpy(), ref).mean)
     z = torch.cat(lat)
     p = np.asarray(psnr)
     half = 1.96 * p.std(ddof=1) / math.sqrt(len(p)) if len(p) > 1 else float("nan")
@@ -379,7 +387,17 @@ def evaluate_vae(vae: WanVAE, n_clips: int = 32, batch: int = 4, ids=None, clip_
             "psnr_min_db": round(float(p.min()), 2), "clips": len(p),
             "latent_mean": [round(v, 3) for v in z.mean(dim=(0, 2, 3, 4)).tolist()],
             "latent_std": [round(v, 3) for v in z.std(dim=(0, 2, 3, 4)).tolist()],
-            "encode_s_per_clip": round(t_enc / len(p), 3), "decode_s_per_clip": round(t_dec / len(p), 3)}
+            "encode_s_per_clip": round(t_enc / len(p), 3), "decode_s_per_clip": round(t_dec / len(p), 3),
+            **({f"likeness_{k}": round(float(np.mean(v)), 4) for k, v in like.items()} if judge is not None else {})}
+
+
+def default_judge():
+    """The shipped evaluation recogniser behind the toy detector (None when the toy face pack is missing)."""
+    from .pipeline import FACE_PACK, FILES
+    if not (Path(FILES["eval_recogniser"]).is_file() and (Path(FILES["insightface"]) / "models" / FACE_PACK).is_dir()):
+        return None
+    from .metrics import eval_analyzer
+    return eval_analyzer(FILES["insightface"], FACE_PACK, FILES["eval_recogniser"])
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -454,7 +472,7 @@ def train_toy_vae(out_path=None, steps: int | None = None, seed: int = 0, resume
     standardize_latents(vae, m, s)
     log(f"[toy-vae] latents standardised (before: mean {m.abs().max():.3f} max |.|, std {s.min():.3f}..{s.max():.3f})")
     shipped = load_wan_vae({k: v.half() for k, v in vae.state_dict().items()})   # what the file will hold
-    figures = evaluate_vae(shipped, n_clips=eval_clips) if eval_clips else {}
+    figures = evaluate_vae(shipped, n_clips=eval_clips, judge=default_judge()) if eval_clips else {}
     figures.update({"width": cfg.dim, "params": sum(p.numel() for p in vae.parameters()), "steps": cfg.steps,
                     "seed": seed, "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu, 1),
                     "threads": torch.get_num_threads(), "config": asdict(cfg)})
@@ -478,7 +496,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.eval_only:
-        print(json.dumps(evaluate_vae(load_toy_vae(a.out), n_clips=a.eval_clips), indent=1))
+        print(json.dumps(evaluate_vae(load_toy_vae(a.out), n_clips=a.eval_clips, judge=default_judge()), indent=1))
         return 0
     overrides = {}
     for kv in a.set:
