@@ -58,3 +58,25 @@ def read_video(path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     if not frames:
         raise ValueError(f"{path}: the video has no frames")
     return np.stack(frames), fps
+
+
+def iter_video(path):
+    """Decode a video file frame by frame -> (fps, frame count or 0 when the container does not say,
+    iterator of [H, W, 3] uint8). For long videos that must not sit in memory at once."""
+    import av
+    try:
+        container = av.open(str(path))
+        stream = container.streams.video[0]
+    except Exception as e:
+        raise ValueError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+    fps = float(stream.average_rate or stream.guessed_rate or 16)
+
+    def frames():
+        with container:
+            try:
+                for frame in container.decode(stream):
+                    yield frame.to_ndarray(format="rgb24")
+            except av.error.FFmpegError as e:
+                raise ValueError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+
+    return fps, int(stream.frames or 0), frames()
