@@ -2,6 +2,8 @@
 
 - An *adapter* file holds `MoCAAdapter.state_dict()` (what the ComfyUI nodes load next to a native Wan).
 - A *combined* file holds `MoCADiT.state_dict()`: Wan 2.1 backbone keys plus `adapter.*`.
+Both record in their header which face recogniser the adapter was trained on ("face_recognizer", see
+`moca_model.provenance`; `MoCAFile.recognizer`), when the trainer knew it.
 Writes go to a temporary file in the same folder, then `os.replace`, so no half-written file is left.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from .adapter import MoCAAdapter
 from .atomic import atomic_target
 from .config import MoCAConfig
+from .provenance import HEADER_KEY, Recognizer, from_header, notice_unrecorded
 
 FORMAT = "moca"
 FORMAT_VERSION = 1
@@ -33,6 +36,7 @@ class MoCAFile:
     adapter_state: dict
     backbone_state: dict | None    # Wan 2.1 keys (combined files only)
     metadata: dict
+    recognizer: Recognizer | None = None   # the face recogniser of the training embeddings (None: not recorded)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -48,8 +52,9 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
 
 
 def save_moca(path, model_or_adapter, metadata: dict | None = None, overwrite: bool = False,
-              adapter_only: bool = False):
-    """Save a MoCAAdapter (adapter file) or a MoCADiT (combined file, or adapter only with adapter_only=True)."""
+              adapter_only: bool = False, recognizer: Recognizer | None = None):
+    """Save a MoCAAdapter (adapter file) or a MoCADiT (combined file, or adapter only with adapter_only=True).
+    `recognizer`: the face recogniser of the embeddings it was trained on (recorded in the header)."""
     from .dit import MoCADiT
     if isinstance(model_or_adapter, MoCADiT):
         config = model_or_adapter.config
@@ -64,6 +69,8 @@ def save_moca(path, model_or_adapter, metadata: dict | None = None, overwrite: b
     header = dict(metadata or {})
     header.update({"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind,
                    "config": config.to_json()})
+    if recognizer is not None:
+        header[HEADER_KEY] = recognizer.to_json()
     return atomic_save_safetensors(tensors, path, header, overwrite=overwrite)
 
 
@@ -123,14 +130,20 @@ def read_moca(path) -> MoCAFile:
     except Exception as e:
         raise CheckpointError(f"{name}: the config in its header is invalid ({e})") from e
     kind = meta.get("kind", "adapter")
-    user_meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "kind", "config")}
+    try:
+        recognizer = from_header(meta, name)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    if recognizer is None:
+        notice_unrecorded("adapter", name)
+    user_meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "kind", "config", HEADER_KEY)}
     if kind == "combined":
         adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
         backbone = normalize_wan_keys({k: v for k, v in tensors.items() if not k.startswith("adapter.")})
     else:
         adapter, backbone = tensors, None
     check_state_dict(MoCAAdapter(config, device="meta").state_dict(), adapter, f"{name} (MoCA adapter)")
-    return MoCAFile(kind, config, adapter, backbone, user_meta)
+    return MoCAFile(kind, config, adapter, backbone, user_meta, recognizer)
 
 
 def load_moca(path, device="cpu", dtype=None, operations=None):
@@ -149,6 +162,7 @@ def load_moca(path, device="cpu", dtype=None, operations=None):
         model.load_state_dict(f.adapter_state, assign=True, strict=True)
         model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     model.moca_metadata = f.metadata
+    model.moca_recognizer = f.recognizer
     return model
 
 

@@ -51,7 +51,7 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
         model = load_moca(args.checkpoint)
         if not isinstance(model, MoCADiT):
             raise SystemExit(f"--checkpoint {args.checkpoint} is an adapter file; pass it as --adapter with --wan")
-        return model.eval(), [f"MoCA-DiT weights from {args.checkpoint}"]
+        return model.eval(), [f"MoCA-DiT weights from {args.checkpoint}"]    # load_moca set .moca_recognizer
     torch.manual_seed(args.weight_seed)
     model = MoCADiT(MoCAConfig.preset(args.preset))
     if args.wan:
@@ -60,8 +60,11 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
     else:
         notes.append(f"RANDOM backbone weights ({args.preset} preset, seed {args.weight_seed}): "
                      "no real video model is loaded")
+    model.moca_recognizer = None                      # the face recogniser the adapter was trained on
     if args.adapter:
+        from .provenance import read_file_record
         model.load_adapter(args.adapter)
+        model.moca_recognizer = read_file_record(args.adapter)
         notes.append(f"MoCA adapter from {args.adapter}")
     else:
         # An untrained adapter is exactly the backbone; give it seeded random projections so the
@@ -73,10 +76,15 @@ def build_model(args) -> tuple[MoCADiT, list[str]]:
 
 
 def build_identity(args, model) -> tuple[torch.Tensor, list[str]]:
+    """Identity tokens from --identity / --face (refused when their recogniser is not the adapter's)."""
+    from .provenance import check_identity
     tok = model.adapter.tokenizer
+    adapter_rec = getattr(model, "moca_recognizer", None)
+    adapter_name = Path(args.adapter or args.checkpoint or "adapter").name
     if args.identity:
         from .identity import load_identity
         ident = load_identity(args.identity)
+        check_identity(adapter_rec, adapter_name, ident.recognizer, f"--identity {args.identity}", "MoCA demo")
         with torch.no_grad():
             tokens = ident.tokens(tok)
         return tokens, [f"identity: {args.identity} ({ident.summary()})"]
@@ -85,7 +93,8 @@ def build_identity(args, model) -> tuple[torch.Tensor, list[str]]:
         if not args.face_models:
             raise SystemExit("--face needs --face-models: the folder that holds models/antelopev2 "
                              "(ComfyUI/models/insightface)")
-        analyzer = FaceAnalyzer.load(args.face_models)
+        analyzer = FaceAnalyzer.load(args.face_models, pack=args.face_pack)
+        check_identity(adapter_rec, adapter_name, analyzer.recognizer, f"--face-pack {args.face_pack}", "MoCA demo")
         face = analyzer.encode([args.face])
         with torch.no_grad():
             tokens = tok(arcface=face.embedding.float().view(1, -1))
@@ -116,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--identity", help="an identity file (.safetensors) from MoCA Save Identity or moca_model.face")
     ap.add_argument("--face", help="a reference face photo (needs --face-models)")
     ap.add_argument("--face-models", help="the insightface models root (e.g. ComfyUI/models/insightface)")
+    ap.add_argument("--face-pack", default="antelopev2", help="the face pack under --face-models (the adapter's "
+                    "training recogniser; a mismatch is refused)")
     ap.add_argument("--frames", type=int, default=17, help="video frames (4k+1; default 17)")
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=256)

@@ -9,7 +9,8 @@ file format, "moca-identity" version 2, written both by MoCA Save Identity (this
     tensors   "arcface" [R, 512] float32, "face_latent" [R, 16, 1, h, w] (optional), "crops" [R, S, S, 3] uint8
               (optional), "crops112" [R, 112, 112, 3] uint8 and "embedding" [512] (optional: the ArcFace crops and
               the fused embedding, written by FaceIdentity)
-    header    "format", "format_version", "fusion" ("mean" / "concat"), "info" (JSON), and from FaceIdentity
+    header    "format", "format_version", "fusion" ("mean" / "concat"), "info" (JSON), "face_recognizer" (JSON:
+              the recogniser that made "arcface", see moca_model.provenance), and from FaceIdentity
               "quality", "skipped", "dropped", "metadata" (JSON)
 Files of the older formats still load: "moca-identity" version 1 (the same tensors) and "moca-face-identity"
 version 1 ("embeddings" instead of "arcface").
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, atomic_save_safetensors, check_header, read_safetensors
+from .provenance import Recognizer, from_header, header, notice_unrecorded
 
 IDENTITY_FORMAT = "moca-identity"
 IDENTITY_FORMAT_VERSION = 2
@@ -37,6 +39,7 @@ class MoCAIdentity:
     fusion: str = "mean"                    # "mean": average the references' tokens; "concat": keep them all
     crops: torch.Tensor | None = None       # [R, S, S, 3] aligned crops in 0..1 (for looking at; optional)
     info: dict = field(default_factory=dict)
+    recognizer: Recognizer | None = None    # which face recogniser made `arcface` (None: unknown, an old file)
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -104,6 +107,8 @@ class MoCAIdentity:
         meta = dict(metadata or {})
         meta.update({"format": IDENTITY_FORMAT, "format_version": str(IDENTITY_FORMAT_VERSION),
                      "fusion": self.fusion, "info": json.dumps(self.info, default=str)})
+        if self.arcface is not None:
+            meta.update(header(self.recognizer))
         return atomic_save_safetensors(tensors, path, meta, overwrite=overwrite)
 
     @classmethod
@@ -119,6 +124,12 @@ class MoCAIdentity:
                          "identity files are written by MoCA Save Identity")
             arcface, fusion = tensors.get("arcface"), meta.get("fusion", "mean")
         crops = tensors.get("crops")
+        try:
+            recognizer = from_header(meta, name)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+        if recognizer is None and arcface is not None:
+            notice_unrecorded("identity file", path)
         info = {}
         for key in ("info", "quality", "skipped", "dropped", "metadata"):
             if key in meta:
@@ -132,7 +143,7 @@ class MoCAIdentity:
                     info[key] = value
         try:
             return cls(arcface, tensors.get("face_latent"), fusion,
-                       None if crops is None else crops.float() / 255.0, info)
+                       None if crops is None else crops.float() / 255.0, info, recognizer)
         except ValueError as e:
             raise CheckpointError(f"{name}: {e}") from e
 

@@ -26,6 +26,11 @@ class AdapterPatcher(comfy.model_patcher.ModelPatcher):
     def name(self) -> str:
         return getattr(self.model, "moca_name", "MoCA adapter")
 
+    @property
+    def recognizer(self):
+        """The face recogniser the adapter was trained on (moca_model.provenance.Recognizer; None: unrecorded)."""
+        return getattr(self.model, "moca_recognizer", None)
+
 
 WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                  "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -41,9 +46,10 @@ def default_adapter_dtype(num_params: int = 0) -> torch.dtype:
 
 
 def build_adapter_patcher(config: MoCAConfig, state: dict, name: str = "MoCA adapter",
-                          weight_dtype: str | torch.dtype | None = "default") -> AdapterPatcher:
+                          weight_dtype: str | torch.dtype | None = "default", recognizer=None) -> AdapterPatcher:
     """`weight_dtype`: a WEIGHT_DTYPES name or a torch dtype; "default" / None = default_adapter_dtype(), never
-    simply the file's dtype (a trainer's fp32 export would then sit on the GPU in fp32)."""
+    simply the file's dtype (a trainer's fp32 export would then sit on the GPU in fp32). `recognizer`: the file's
+    face-recogniser record (MoCAFile.recognizer), checked against identities by MoCA Apply."""
     check_state_dict(MoCAAdapter(config, device="meta").state_dict(), state, f"{name} (MoCA adapter)")
     if isinstance(weight_dtype, str):
         if weight_dtype not in WEIGHT_DTYPES:
@@ -65,6 +71,7 @@ def build_adapter_patcher(config: MoCAConfig, state: dict, name: str = "MoCA ada
     adapter.requires_grad_(False)
     adapter.eval()
     adapter.moca_name = name
+    adapter.moca_recognizer = recognizer
     size = comfy.model_management.module_size(adapter)
     return AdapterPatcher(adapter, load_device=comfy.model_management.get_torch_device(),
                           offload_device=offload, size=size)

@@ -148,6 +148,16 @@ def marker_for(mode: str, identity: MoCAIdentity | None = None) -> IdentityMarke
     raise ValueError(f"MoCA Identity Conditioning: identity must be one of {IDENTITY_MODES}, not {mode!r}")
 
 
+def check_identity_recognizer(adapter_patcher, identity: MoCAIdentity | None, what: str = "input 'moca_id'"):
+    """Refuse an identity whose ArcFace embeddings come from another face recogniser than the adapter's
+    training embeddings (moca_model.provenance); unrecorded sides pass (their files gave a notice on load)."""
+    from ..moca_model.provenance import check_identity
+    if identity is not None and identity.arcface is not None:
+        check_identity(getattr(adapter_patcher.model, "moca_recognizer", None),
+                       f"(input 'moca_adapter', {getattr(adapter_patcher.model, 'moca_name', 'MoCA adapter')})",
+                       identity.recognizer, what, "MoCA Apply")
+
+
 def resolve_identity(default: MoCAIdentity | None, apply_to: str, marker) -> MoCAIdentity | None:
     """Which identity one model pass uses: the conditioning's marker wins; unmarked passes get the
     MoCA Apply identity when apply_to == "all", none otherwise."""

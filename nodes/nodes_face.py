@@ -111,7 +111,8 @@ class MoCAEncodeFace(io.ComfyNode):
             latents.append(normalize_latent(z.float().cpu()))
             pbar.update(1)
         identity = MoCAIdentity(torch.cat(embeddings), torch.cat(latents), fusion, crops,
-                                {"used": used, "skipped": skipped, "analyzer": face_analyzer.report})
+                                {"used": used, "skipped": skipped, "analyzer": face_analyzer.report},
+                                recognizer=face_analyzer.recognizer)
         info = [f"MoCA identity: {identity.summary()}", f"analyzer: {face_analyzer.report}",
                 "used: " + "; ".join(used)]
         if skipped:

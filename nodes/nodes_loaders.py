@@ -67,7 +67,7 @@ class MoCAAdapterLoader(io.ComfyNode):
         require_choices('MoCA Adapter Loader', weight_dtype=(weight_dtype, ADAPTER_DTYPES))
         _, f = _moca_file("adapter_name", adapter_name)
         return io.NodeOutput(build_adapter_patcher(f.config, f.adapter_state, os.path.basename(adapter_name),
-                                                   weight_dtype))
+                                                   weight_dtype, f.recognizer))
 
 
 class MoCADiTLoader(io.ComfyNode):
@@ -110,7 +110,7 @@ class MoCADiTLoader(io.ComfyNode):
         if model is None:
             raise ValueError(f"input 'ckpt_name': ComfyUI could not recognise the backbone of {ckpt_name} as a Wan model.")
         return io.NodeOutput(model, build_adapter_patcher(f.config, f.adapter_state, os.path.basename(ckpt_name),
-                                                          adapter_dtype))
+                                                          adapter_dtype, f.recognizer))
 
 
 class MoCAFaceAnalyzerLoader(io.ComfyNode):

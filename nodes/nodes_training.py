@@ -58,5 +58,5 @@ class MoCASaveTrainingSample(io.ComfyNode):
                 "caption_conditioning"
             raise ValueError(f"input '{name}': {e}") from e
         path = paths.output_path("moca_training", safe_prefix(filename_prefix, "sample"))
-        write_shard(path, [sample], overwrite=False)
+        write_shard(path, [sample], overwrite=False, recognizer=moca_id.recognizer)
         return io.NodeOutput(path, ui=ui.PreviewText(f"saved {os.path.basename(path)}"))

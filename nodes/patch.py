@@ -25,7 +25,7 @@ import comfy.patcher_extension
 
 from ..moca_model.identity import MoCAIdentity
 from ..moca_model.options import MoCAOptions, ResolvedOptions
-from .logic import APPLY_TO, latent_grid, resolve_identity
+from .logic import APPLY_TO, check_identity_recognizer, latent_grid, resolve_identity
 
 KEY = "moca"                 # wrapper key and transformer_options key
 MODEL_COND = "moca_id"       # model_conds key set by MoCA Identity Conditioning
@@ -164,6 +164,8 @@ class MoCADiffusionWrapper:
         identity = resolve_identity(st.identity, st.apply_to, kwargs.get(MODEL_COND))
         if identity is None:
             return executor(x, timestep, context, *args, **kwargs)
+        if identity is not st.identity:      # a conditioning's own identity (Identity Conditioning, MoCA Sampler)
+            check_identity_recognizer(st.adapter_patcher, identity, "the conditioning's identity")
         dm = executor.class_obj
         time_concat = args[1] if len(args) > 1 else kwargs.get("time_dim_concat")
         extra = 0 if time_concat is None else math.ceil(time_concat.shape[2] / dm.patch_size[0]) * dm.patch_size[0]
@@ -277,6 +279,7 @@ def apply_moca(model, adapter_patcher, identity, options: MoCAOptions, start_per
     blocks = tuple(range(cfg.num_layers)) if blocks is None else tuple(sorted(set(int(b) for b in blocks)))
     if not blocks or blocks[0] < 0 or blocks[-1] >= cfg.num_layers:
         raise ValueError(f"MoCA Apply: blocks {list(blocks)} must be a non-empty subset of 0..{cfg.num_layers - 1}")
+    check_identity_recognizer(adapter_patcher, identity)
     state = MoCAState(adapter_patcher, identity, options, start_percent, end_percent, apply_to, blocks)
     m = model.clone()
     existing = ((m.model_options.get("transformer_options") or {}).get("patches_replace") or {}).get("dit") or {}

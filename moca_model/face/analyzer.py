@@ -13,6 +13,7 @@ from .detector import DEFAULT_DET_THRESH, Detection, fallback_sizes
 from .errors import FaceNotFoundError, FaceOptionError
 from .identity import FaceIdentity
 from .images import LoadedImage, load_images
+from ..provenance import Recognizer
 from .packs import DEFAULT_PACK, find_pack
 from .providers import describe, warn_duplicate_onnxruntime_once
 from .quality import FaceQuality, eye_distance, pose_from_landmarks, sharpness, warnings_for
@@ -66,6 +67,8 @@ class FaceAnalyzer:
         self.det_size, self.det_thresh = int(det_size), float(det_thresh)
         self.device = torch.device(device)
         self.notice = notice
+        # which recogniser makes this analyzer's embeddings (moca_model.provenance): recorded in identity files
+        self.recognizer = Recognizer.of_file(pack.name, pack.recognizer)
         self.last_timing: dict = {}
         extra = [n for n in backend.notes]
         if duplicate_ort:
@@ -248,6 +251,7 @@ class FaceAnalyzer:
                             "embed": t_emb - t_align, "total": time.perf_counter() - t0}
         meta = {
             "pack": self.pack.name, "recognizer": self.pack.recognizer.name, "detector": self.pack.detector.name,
+            "face_recognizer": self.recognizer.as_dict(),
             "backend": self.backend.version, "det_provider": self.backend.det_provider,
             "rec_provider": self.backend.rec_provider, "det_size": int(det_size or self.det_size),
             "det_thresh": float(self.det_thresh if det_thresh is None else det_thresh), "select": select,

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import providers as prov
 from .detector import SCRFDOnnx
-from .errors import FaceBackendError, FaceError, FaceOptionError
+from .errors import FaceBackendError, FaceError, FaceOptionError, FacePackError
 from .packs import FacePack
 from .recognizer import ArcFaceOnnx
 
@@ -128,8 +128,34 @@ class InsightFaceBackend:
         return np.asarray(self.rec.forward(blob))
 
 
+def apply_contract(be, pack: FacePack):
+    """Check the started recogniser against its pack's manifest (input size, embedding size) and apply the
+    manifest's normalisation, if it gives one, to either backend."""
+    spec = pack.spec
+    if spec is None:
+        return be
+    where = f"the {pack.name} manifest ({spec.manifest})" if spec.manifest else f"the built-in {pack.name} pack"
+    if be.rec_size != spec.input_size:
+        raise FacePackError(f"{pack.recognizer} takes {be.rec_size} px crops, but {where} says input_size "
+                            f"{spec.input_size}. Fix input_size in {spec.manifest or 'the manifest'}.")
+    out = list(be.rec.session.get_outputs()[0].shape)
+    if out and isinstance(out[-1], int) and out[-1] != spec.embedding_size:
+        raise FacePackError(f"{pack.recognizer} returns {out[-1]}-d embeddings, but {where} says "
+                            f"{spec.embedding_size} (MoCA's identity tokenizer takes 512). Use a 512-d recogniser.")
+    if spec.input_mean is not None:
+        be.input_mean, be.input_std = float(spec.input_mean), float(spec.input_std)
+        be.rec.input_mean, be.rec.input_std = be.input_mean, be.input_std
+    return be
+
+
 def open_backend(pack: FacePack, provider: str = "auto", backend: str = "auto"):
-    """(backend object, notice or None). ``backend``: auto | insightface | onnxruntime."""
+    """(backend object, notice or None). ``backend``: auto | insightface | onnxruntime. The recogniser is
+    checked against the pack's contract (``apply_contract``)."""
+    be, notice = _open_backend(pack, provider, backend)
+    return apply_contract(be, pack), notice
+
+
+def _open_backend(pack: FacePack, provider: str, backend: str):
     b = str(backend or "auto").strip().lower()
     if b not in BACKEND_CHOICES:
         raise FaceOptionError(f"Unknown face backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}.")

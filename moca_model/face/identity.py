@@ -70,6 +70,12 @@ class FaceIdentity:
     def __len__(self) -> int:
         return self.num_references
 
+    @property
+    def recognizer(self):
+        """The recogniser that made the embeddings (``moca_model.provenance.Recognizer``; None for old files)."""
+        from ..provenance import Recognizer
+        return Recognizer.from_value(self.metadata.get("face_recognizer"), "face identity")
+
     def arcface(self) -> torch.Tensor:
         """The embeddings to condition on: [1, 512] for fusion "mean", [R, 512] for "separate"."""
         return self.embedding[None] if self.fusion == "mean" else self.embeddings
@@ -155,6 +161,8 @@ class FaceIdentity:
             "dropped": json.dumps(self.dropped),
             "metadata": json.dumps(self.metadata, default=str),
         }
+        from ..provenance import header
+        meta.update(header(self.recognizer))
         data = save(tensors, metadata=meta)
         with atomic_target(path, overwrite) as tmp:
             Path(tmp).write_bytes(data)
@@ -226,6 +234,15 @@ class FaceIdentity:
             embedding = tensors["embedding"].float() if "embedding" in tensors else \
                 fused_embedding(embeddings) if embeddings.ndim == 2 else embeddings.new_zeros(0)
             fusion = "separate" if meta.get("fusion") == "concat" else "mean"
+        from ..provenance import HEADER_KEY, Recognizer, notice_unrecorded
+        try:
+            rec = Recognizer.from_value(meta.get(HEADER_KEY) or metadata.get("face_recognizer"), str(path))
+        except ValueError as e:
+            raise FaceIdentityFileError(f"{e}. {fix}") from e
+        if rec is None:
+            notice_unrecorded("identity file", path)
+        else:
+            metadata["face_recognizer"] = rec.as_dict()
         try:
             ident = cls(embeddings, embedding, img(tensors["crops112"]), img(tensors["crops"]), quality, skipped,
                         dropped, fusion, metadata)

@@ -4,24 +4,48 @@ A pack is a folder of ONNX files. ComfyUI keeps them in ``ComfyUI/models/insight
 (the folder PuLID, InstantID and IPAdapter FaceID already use); the pack zip often unpacks one level
 deeper, as ``<pack>/<pack>/``, and that layout is accepted too. Only the detector and the recogniser are
 required; the other files of a pack (landmarks, gender/age) are listed but not used.
+
+Packs are described by manifests: antelopev2, buffalo_l and the toy world's toyface are built in, and any
+other pack is registered by a ``moca_pack.json`` in its folder (a manifest there also overrides a built-in):
+
+    {"format": "moca-face-pack", "version": 1, "name": "myface",
+     "detector": {"file": "det.onnx", "type": "scrfd"},
+     "recognizer": {"file": "rec.onnx", "input_size": 112, "embedding_size": 512,
+                    "input_mean": 127.5, "input_std": 127.5},
+     "licence": "...", "source": "..."}
+
+The detector follows insightface's SCRFD contract (boxes, scores, 5 landmarks); the recogniser takes aligned
+RGB crops [N, 3, S, S] (S a multiple of 112) normalised as (x - input_mean) / input_std (both omitted = the
+insightface rule, see recognizer.py) and returns [N, 512] embeddings (MoCA's identity tokenizer takes 512).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FaceOptionError, FacePackError
 
+MANIFEST = "moca_pack.json"
+MANIFEST_FORMAT = "moca-face-pack"
+EMBED_DIM = 512
+
 
 @dataclass(frozen=True)
 class PackSpec:
-    """The files of one insightface pack."""
+    """The files of one face pack and its recogniser's contract."""
 
     name: str
     detector: str  # SCRFD with 5 keypoints
-    recognizer: str  # ArcFace, 112x112 -> 512
+    recognizer: str  # ArcFace-style, [N, 3, S, S] -> [N, 512]
     optional: tuple[str, ...] = ()
+    input_size: int = 112                       # recogniser input side in pixels (a multiple of 112)
+    input_mean: float | None = None             # None: insightface's rule (recognizer.arcface_normalization)
+    input_std: float | None = None
+    embedding_size: int = EMBED_DIM
+    manifest: str | None = None                 # the moca_pack.json it came from (None: built in)
+    licence: str = ""
 
     @property
     def required(self) -> tuple[str, str]:
@@ -31,19 +55,94 @@ class PackSpec:
     def files(self) -> tuple[str, ...]:
         return self.required + self.optional
 
+    @classmethod
+    def from_manifest(cls, data: dict, where: str = "manifest", default_name: str | None = None) -> "PackSpec":
+        """A spec from a manifest dict (the module docstring's format); FacePackError naming ``where`` and the
+        field when it is not one."""
+        def bad(msg):
+            return FacePackError(f"Face pack manifest {where}: {msg}. See docs/faces.md, 'Other face packs'.")
 
-PACKS: dict[str, PackSpec] = {
-    "antelopev2": PackSpec(
-        "antelopev2", "scrfd_10g_bnkps.onnx", "glintr100.onnx",
-        ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
-    ),
-    "buffalo_l": PackSpec(
-        "buffalo_l", "det_10g.onnx", "w600k_r50.onnx",
-        ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
-    ),
+        if not isinstance(data, dict):
+            raise bad(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise bad(f"'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        if int(data.get("version", 1)) > 1:
+            raise bad(f"version {data.get('version')} is newer than this MoCA reads (1); update the node pack")
+        det, rec = data.get("detector"), data.get("recognizer")
+        det = {"file": det} if isinstance(det, str) else det
+        rec = {"file": rec} if isinstance(rec, str) else rec
+        if not isinstance(det, dict) or not det.get("file") or not isinstance(rec, dict) or not rec.get("file"):
+            raise bad('needs "detector": {"file": ...} and "recognizer": {"file": ...}')
+        if str(det.get("type", "scrfd")).lower() != "scrfd":
+            raise bad(f"detector type {det.get('type')!r} is not supported; MoCA runs SCRFD-contract detectors "
+                      "(insightface's: boxes, scores and 5 landmarks)")
+        try:
+            size = int(rec.get("input_size", 112))
+            dim = int(rec.get("embedding_size", EMBED_DIM))
+            mean = None if rec.get("input_mean") is None else float(rec["input_mean"])
+            std = None if rec.get("input_std") is None else float(rec["input_std"])
+        except (TypeError, ValueError) as e:
+            raise bad(f"recognizer fields must be numbers ({e})") from e
+        if size <= 0 or size % 112:
+            raise bad(f"recognizer input_size {size} must be a multiple of 112 (the ArcFace alignment template)")
+        if dim != EMBED_DIM:
+            raise bad(f"recognizer embedding_size {dim}: MoCA's identity tokenizer takes {EMBED_DIM}-d embeddings")
+        if (mean is None) != (std is None) or (std is not None and std <= 0):
+            raise bad("give both recognizer input_mean and input_std (std > 0), or neither (insightface's rule)")
+        name = str(data.get("name") or default_name or "").strip()
+        if not name:
+            raise bad("needs a 'name'")
+        files = [str(det["file"]), str(rec["file"])] + [str(f) for f in data.get("optional", [])]
+        if any(os.sep in f or "/" in f or f.startswith(".") for f in files):
+            raise bad(f"file names must be plain names inside the pack folder, got {files}")
+        return cls(name, files[0], files[1], tuple(files[2:]), size, mean, std, dim, None, str(data.get("licence", "")))
+
+    def as_manifest(self) -> dict:
+        """This spec as a manifest dict (what ``write_manifest`` writes)."""
+        rec = {"file": self.recognizer, "input_size": self.input_size, "embedding_size": self.embedding_size}
+        if self.input_mean is not None:
+            rec.update(input_mean=self.input_mean, input_std=self.input_std)
+        out = {"format": MANIFEST_FORMAT, "version": 1, "name": self.name,
+               "detector": {"file": self.detector, "type": "scrfd"}, "recognizer": rec}
+        if self.optional:
+            out["optional"] = list(self.optional)
+        if self.licence:
+            out["licence"] = self.licence
+        return out
+
+
+def read_manifest(path, default_name: str | None = None) -> PackSpec:
+    """The PackSpec of a ``moca_pack.json`` file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FacePackError(f"Face pack manifest {path} cannot be read as JSON ({e}). Fix or remove it; see "
+                            "docs/faces.md, 'Other face packs'.") from e
+    spec = PackSpec.from_manifest(data, str(path), default_name)
+    return PackSpec(**{**spec.__dict__, "manifest": str(path)})
+
+
+def write_manifest(folder, spec: PackSpec, overwrite: bool = False) -> Path:
+    """Write ``spec`` as ``<folder>/moca_pack.json`` (atomically)."""
+    from ..atomic import atomic_target
+    path = Path(folder) / MANIFEST
+    with atomic_target(path, overwrite) as tmp:
+        Path(tmp).write_text(json.dumps(spec.as_manifest(), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+_BUILTIN = (
+    {"name": "antelopev2", "detector": "scrfd_10g_bnkps.onnx", "recognizer": "glintr100.onnx",
+     "optional": ["1k3d68.onnx", "2d106det.onnx", "genderage.onnx"]},
+    {"name": "buffalo_l", "detector": "det_10g.onnx", "recognizer": "w600k_r50.onnx",
+     "optional": ["1k3d68.onnx", "2d106det.onnx", "genderage.onnx"]},
     # the toy world's pack (toy_models/insightface/models/toyface, trained by moca_model.toy.face_train)
-    "toyface": PackSpec("toyface", "det_toy.onnx", "rec_toy.onnx"),
-}
+    {"name": "toyface", "detector": "det_toy.onnx",
+     "recognizer": {"file": "rec_toy.onnx", "input_size": 112, "embedding_size": 512, "input_mean": 127.5,
+                    "input_std": 127.5}},
+)
+PACKS: dict[str, PackSpec] = {d["name"]: PackSpec.from_manifest(d, f"built-in {d['name']}") for d in _BUILTIN}
 DEFAULT_PACK = "antelopev2"
 
 
@@ -56,21 +155,29 @@ class FacePack:
     detector: Path
     recognizer: Path
     optional: dict = field(default_factory=dict)  # file name -> Path, the optional files present
-
-    @property
-    def spec(self) -> PackSpec:
-        return PACKS[self.name]
+    spec: PackSpec | None = None                  # the manifest (or built-in) it was found with
 
 
-def pack_spec(pack: str) -> PackSpec:
-    """The :class:`PackSpec` of ``pack``; a clear error for an unknown name."""
+def pack_spec(pack: str, looked: str = "") -> PackSpec:
+    """The built-in :class:`PackSpec` of ``pack``; a clear error for an unknown name."""
     key = str(pack).strip()
     if key not in PACKS:
         raise FaceOptionError(
-            f"Unknown face model pack {pack!r}. Supported packs: {', '.join(PACKS)} "
-            f"(antelopev2 is the default and the one MoCA identities are meant for)."
+            f"Unknown face model pack {pack!r}. Built-in packs: {', '.join(PACKS)} "
+            f"(antelopev2 is the default and the one MoCA identities are meant for). Any other pack needs a "
+            f"{MANIFEST} in its folder naming its detector and recogniser files"
+            + (f" (none found in {looked})" if looked else "") + "; see docs/faces.md, 'Other face packs'."
         )
     return PACKS[key]
+
+
+def pack_manifest(models_root, pack: str) -> PackSpec | None:
+    """The spec of the first ``moca_pack.json`` in ``pack``'s candidate folders (None when there is none)."""
+    for folder in candidate_folders(models_root, str(pack).strip()):
+        if (folder / MANIFEST).is_file():
+            spec = read_manifest(folder / MANIFEST, default_name=str(pack).strip())
+            return PackSpec(**{**spec.__dict__, "name": str(pack).strip()})   # the folder's name is the pack's
+    return None
 
 
 def expected_files(pack: str = DEFAULT_PACK) -> tuple[str, ...]:
@@ -127,8 +234,9 @@ def find_pack(models_root, pack: str = DEFAULT_PACK) -> FacePack:
     Raises :class:`FacePackError` naming the exact folder and the expected ``.onnx`` files when the pack is
     missing, incomplete, or holds files that cannot be models (empty, Git LFS pointers, HTML pages).
     """
-    spec = pack_spec(pack)
     root = Path(os.path.expanduser(str(models_root)))
+    spec = pack_manifest(root, pack) or pack_spec(
+        pack, ", ".join(str(p) for p in candidate_folders(root, str(pack).strip())))
     preferred = root / "models" / spec.name
     if root.name == spec.name:
         preferred = root
@@ -155,7 +263,7 @@ def find_pack(models_root, pack: str = DEFAULT_PACK) -> FacePack:
                     bad.append(f"{f} {problem}")
         if not missing and not bad:
             optional = {f: folder / f for f in spec.optional if (folder / f).is_file()}
-            return FacePack(spec.name, folder, folder / spec.detector, folder / spec.recognizer, optional)
+            return FacePack(spec.name, folder, folder / spec.detector, folder / spec.recognizer, optional, spec)
         score = 2 * (len(spec.required) - len(missing)) - len(bad) + (1 if any(folder.glob("*.onnx")) else 0)
         if best is None or score > best[0]:
             best = (score, folder, missing, bad)

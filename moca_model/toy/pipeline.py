@@ -41,6 +41,14 @@ def missing_files() -> list[str]:
     return [f"{k}: {p}" for k, p in FILES.items() if not p.exists()]
 
 
+def check_adapter_recognizer(adapter_path, analyzer) -> None:
+    """Refuse an adapter file trained on another recogniser's embeddings than ``analyzer``'s (the toy pack's)."""
+    from ..provenance import check_identity, read_file_record
+    adapter_path = Path(str(adapter_path))
+    check_identity(read_file_record(adapter_path), adapter_path.name, analyzer.recognizer,
+                   f"the {analyzer.pack.name} pack's identities", "toy pipeline")
+
+
 @dataclass
 class ToyPipeline:
     model: MoCADiT
@@ -62,6 +70,7 @@ class ToyPipeline:
         model.load_backbone(str(backbone or FILES["backbone"]))
         model.load_adapter(str(adapter or FILES["adapter"]))
         analyzer = FaceAnalyzer.load(str(FILES["insightface"]), pack=FACE_PACK, provider="cpu")
+        check_adapter_recognizer(adapter or FILES["adapter"], analyzer)
         # the VAE runs in bf16: PyTorch's fp32 CPU conv3d falls back to a slow im2col path at the toy VAE's
         # narrow widths, bf16 goes through oneDNN (~10x faster); the DiT stays fp32
         vae = load_wan_vae(FILES["vae"]).to(VAE_DTYPE).eval()
@@ -75,7 +84,8 @@ class ToyPipeline:
         crop = torch.as_tensor(np.asarray(face.crops)).float()                          # [R, S, S, 3] 0..1
         px = crop.permute(0, 3, 1, 2)[:, :, None] * 2 - 1                                # [R, 3, 1, S, S]
         lat = normalize_latent(self.vae.encode(px.to(VAE_DTYPE)).float())              # [R, 16, 1, S/8, S/8]
-        return MoCAIdentity(torch.as_tensor(np.asarray(face.embeddings)).float(), lat)
+        return MoCAIdentity(torch.as_tensor(np.asarray(face.embeddings)).float(), lat,
+                            recognizer=self.analyzer.recognizer)
 
     @torch.no_grad()
     def identity(self, photos) -> torch.Tensor:

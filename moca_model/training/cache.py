@@ -9,6 +9,7 @@ Encoders sit behind three small interfaces, so any implementation (or a ComfyUI 
     VideoEncoder.encode(video [B, 3, F, H, W] in -1..1) -> model-space latents [B, 16, T, h, w]
     TextEncoder.encode(texts: list[str]) -> list of [L_i, 4096] (unpadded)
     FaceEncoder.encode(images: list of [H, W, 3] uint8) -> (arcface [R, 512], crops [R, S, S, 3] in 0..1)
+    FaceEncoder.recognizer (optional): the provenance.Recognizer of its embeddings, recorded in every shard
 The real ones: `DiffusersWanVAE` (diffusers' AutoencoderKLWan), `UMT5TextEncoder` (transformers'
 UMT5EncoderModel + tokenizer) and `InsightFaceEncoder` (moca_model.face); install them with
 `pip install -r requirements-train.txt`.
@@ -154,6 +155,7 @@ class InsightFaceEncoder:
             raise ImportError("Face encoding needs moca_model.face (the face module of this project); "
                               "update the checkout") from e
         self.analyzer = FaceAnalyzer.load(models_root, pack=pack, provider=provider, backend=backend)
+        self.recognizer = self.analyzer.recognizer
         print(self.analyzer.report)
         self.crop_size = crop_size
 
@@ -212,6 +214,7 @@ class Cacher:
         if height % 16 or width % 16:
             raise ValueError(f"--height/--width must be multiples of 16, got {height}x{width}")
         self.video, self.text, self.face = video_encoder, text_encoder, face_encoder
+        self.recognizer = getattr(face_encoder, "recognizer", None)       # recorded in every shard
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.reference_frames, self.per_shard, self.log = reference_frames, samples_per_shard, log
 
@@ -251,6 +254,7 @@ class Cacher:
     def run(self, manifest, out_dir) -> dict:
         manifest, out = Path(manifest), Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        self._check_recognizer(out)
         lines = [ln for ln in manifest.read_text(encoding="utf-8").splitlines()]
         entries = []
         for n, ln in enumerate(lines, 1):
@@ -303,7 +307,8 @@ class Cacher:
                 for s, text, caption in zip(samples, self.text.encode(captions), captions):
                     s["text"], s["caption"] = text.to(torch.bfloat16), caption        # bf16 halves the cache
             write_shard(shard, samples, {"manifest": str(manifest), "manifest_digest": digest,
-                                         "frames": self.num_frames, "size": f"{self.height}x{self.width}"})
+                                         "frames": self.num_frames, "size": f"{self.height}x{self.width}"},
+                        recognizer=self.recognizer)
             stats["written"] += len(samples)
             stats["shards"].append(shard)
             self._write_skipped(skipped_path, skipped)
@@ -311,6 +316,19 @@ class Cacher:
         stats["skipped"] = len(skipped)
         self._write_skipped(skipped_path, skipped)
         return stats
+
+    def _check_recognizer(self, out: Path):
+        """Refuse to add shards of this run's recogniser to a folder holding another recogniser's shards."""
+        from ..provenance import from_header, require_match
+        for shard in sorted(out.glob("shard_*.safetensors")):
+            try:
+                old = from_header(read_shard_header(shard), shard.name)
+            except ShardError:
+                continue                                    # unreadable: re-encoded below
+            require_match(old, f"{shard.name} already in {shard.parent}", self.recognizer, "this run's face pack",
+                          f"write these shards to another --out, or run with the face pack '{old.pack if old else ''}' "
+                          f"that made the existing ones (--face-pack); never mix recognisers in one training set.",
+                          "train_moca.py cache")
 
     @staticmethod
     def _write_skipped(path: Path, skipped: dict):
@@ -329,7 +347,9 @@ def main(argv) -> int:
                    "toy world's word-table encoder")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --text-encoder)")
     p.add_argument("--face-models", required=True, help="insightface models root (ComfyUI/models/insightface)")
-    p.add_argument("--face-pack", default="antelopev2")
+    p.add_argument("--face-pack", default="antelopev2", help="face pack under --face-models (antelopev2, buffalo_l, "
+                   "or a folder with a moca_pack.json); recorded in every shard, and the trained adapter only accepts "
+                   "identities of this pack's recogniser")
     p.add_argument("--frames", type=int, default=33, help="frames per clip, 4k + 1 (33 -> 9 latent frames)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)

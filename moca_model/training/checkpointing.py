@@ -52,6 +52,11 @@ def _stream_changes(saved: dict | None, now: dict, saved_config: dict) -> list[s
     return out
 
 
+def _recognizer(trainer):
+    """The face recogniser of the run's shards (provenance.Recognizer, None when unrecorded)."""
+    return getattr(trainer, "recognizer", None)
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -72,7 +77,8 @@ def save(trainer) -> Path | None:
             trainer.out_dir, trainer.step, model_sd, tensors, groups, ema_sd,
             {"samples_seen": trainer.step * trainer.global_batch, "world_size": trainer.dist.world,
              "ema_updates": trainer.ema.num_updates if trainer.ema else 0, "data_stream": data_stream(trainer),
-             "global_batch": trainer.global_batch, "config": trainer.cfg.to_dict()},
+             "global_batch": trainer.global_batch, "config": trainer.cfg.to_dict(),
+             "face_recognizer": _recognizer(trainer) and _recognizer(trainer).as_dict()},
             keep_last=trainer.cfg.checkpoint.keep_last)
         trainer.log(f"[moca-train] checkpoint {path}")
     trainer.dist.barrier()
@@ -89,6 +95,10 @@ def resume(trainer, path=None) -> bool:
         path = found[-1]
     ck = train_state.load_checkpoint(path)
     st = ck["state"]
+    from ..provenance import Recognizer, require_match
+    require_match(_recognizer(trainer), "this run's training shards", Recognizer.from_value(st.get("face_recognizer")),
+                  f"checkpoint {path}", "resume on shards of the checkpoint's recogniser (data.shards), or start a "
+                  "new run (another out_dir) on these shards.", "train_moca.py --resume")
     if st["global_batch"] != trainer.global_batch:
         raise ValueError(f"{path} was trained with a global batch of {st['global_batch']} samples; this run has "
                          f"{trainer.global_batch} (batch_size x grad_accum x processes). Keep the global batch "

@@ -7,7 +7,9 @@ Shard format (`moca-train-shard`, version 1): one .safetensors file holding N sa
     "{i}.face_latent"  [16, 1, hf, wf] or [R, 16, 1, hf, wf]   Wan VAE latent of the aligned face crop(s), model space
     "{i}.face_mask"    [T, h, w]            optional, face mask in 0..1 at latent resolution
 Header (safetensors metadata, all strings): "format" = "moca-train-shard", "format_version" = "1",
-"num_samples", "samples" = JSON list of {"caption", "source", ...} per sample, plus any user metadata.
+"num_samples", "samples" = JSON list of {"caption", "source", ...} per sample, "face_recognizer" = JSON record of the
+recogniser that made every "arcface" of the shard (moca_model.provenance; absent in shards written before it),
+plus any user metadata.
 `write_shard` writes atomically (temp file + os.replace); ComfyUI's data-prep node writes the same format.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..provenance import common_record, from_header, header
 
 SHARD_FORMAT = "moca-train-shard"
 SHARD_VERSION = 1
@@ -65,9 +69,11 @@ def _check_sample(i: int, s: dict, where: str):
     require_finite(s, f"{where}: sample {i}" + (f" ({s['source']})" if s.get("source") else ""))
 
 
-def write_shard(path, samples: list[dict], metadata: dict | None = None, overwrite: bool = True) -> Path:
+def write_shard(path, samples: list[dict], metadata: dict | None = None, overwrite: bool = True,
+                recognizer=None) -> Path:
     """Write samples (dicts of the tensors above plus optional "caption" / "source" strings) atomically.
-    overwrite=True lets the cache command redo its own chunk; writers of user files pass False."""
+    overwrite=True lets the cache command redo its own chunk; writers of user files pass False. `recognizer`:
+    the `provenance.Recognizer` that made the samples' ArcFace embeddings (recorded in the header)."""
     from ..checkpoint import atomic_save_safetensors
     path = Path(path)
     tensors, info = {}, []
@@ -80,6 +86,7 @@ def write_shard(path, samples: list[dict], metadata: dict | None = None, overwri
     meta = dict(metadata or {})
     meta.update({"format": SHARD_FORMAT, "format_version": str(SHARD_VERSION),
                  "num_samples": str(len(samples)), "samples": json.dumps(info)})
+    meta.update(header(recognizer))
     return atomic_save_safetensors(tensors, path, meta, overwrite=overwrite)
 
 
@@ -213,12 +220,14 @@ def find_shards(patterns) -> list[Path]:
 class ShardDataset:
     """Random access over the samples of many shards (a map-style dataset for torch's DataLoader). Headers are
     read once; each access reads that sample's tensors only. Corrupt or foreign shards are skipped with a
-    warning (listed in `.skipped`)."""
+    warning (listed in `.skipped`). `.recognizer`: the one face recogniser of the shards' embeddings (shards
+    of different recognisers are refused; shards without a record get a notice)."""
 
     def __init__(self, shards):
         self.index: list[tuple[Path, int, dict]] = []          # (shard, sample in shard, caption/source)
         self.shards: list[tuple[Path, int]] = []                # usable shards and their sample counts
         self.skipped: list[tuple[str, str]] = []
+        records = []
         for path in find_shards(shards):
             try:
                 meta = read_shard_header(path)
@@ -229,6 +238,14 @@ class ShardDataset:
             n, info = meta["_num_samples"], json.loads(meta.get("samples", "[]"))
             self.index += [(path, i, info[i] if i < len(info) else {}) for i in range(n)]
             self.shards.append((path, n))
+            try:
+                records.append((str(path), from_header(meta, str(path))))
+            except ValueError as e:
+                raise ShardError(f"{e} (re-run `train_moca.py cache` to rewrite it)") from e
+        self.recognizer = common_record(
+            records, "training shard", "encode every clip with one face pack: re-run `train_moca.py cache "
+            "--face-pack <pack>` for the shards of the other recogniser (into another --out), and point data.shards "
+            "at shards of one recogniser only.")
         if not self.index:
             raise ShardError(f"No usable training samples in {shards} "
                              f"({len(self.skipped)} shard(s) skipped); write shards with `train_moca.py cache`")

@@ -27,15 +27,16 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def export_state(state: dict, mcfg: MoCAConfig, out, dtype="bfloat16", metadata: dict | None = None,
-                 lora_names: dict | None = None, lora_alpha: float | None = None) -> Path:
-    """Write the adapter (and LoRA / combined files when `state` has them) from trainable-parameter names."""
+                 lora_names: dict | None = None, lora_alpha: float | None = None, recognizer=None) -> Path:
+    """Write the adapter (and LoRA / combined files when `state` has them) from trainable-parameter names.
+    `recognizer`: the training shards' face recogniser (provenance.Recognizer), recorded in the adapter."""
     out = Path(out)
     dt = _dtype(dtype)
     adapter_sd = {k[len(ADAPTER_PREFIX):]: v.to(dt) for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
     adapter = MoCAAdapter(mcfg, device="meta")
     adapter.load_state_dict(adapter_sd, assign=True, strict=True)
     meta = {"trainer": "train_moca.py", **(metadata or {})}
-    save_moca(out, adapter, metadata=meta, overwrite=True)
+    save_moca(out, adapter, metadata=meta, overwrite=True, recognizer=recognizer)
     if lora_names:
         from ..checkpoint import atomic_save_safetensors
         from .lora import comfy_lora_state_dict
@@ -47,7 +48,8 @@ def export_state(state: dict, mcfg: MoCAConfig, out, dtype="bfloat16", metadata:
         model = MoCADiT(mcfg, device="meta")
         model.load_state_dict({k[len("dit."):]: v.to(dt) for k, v in state.items() if k.startswith("dit.")},
                               assign=True, strict=True)
-        save_moca(out.with_name(out.stem + "_combined.safetensors"), model, metadata=meta, overwrite=True)
+        save_moca(out.with_name(out.stem + "_combined.safetensors"), model, metadata=meta, overwrite=True,
+                  recognizer=recognizer)
     return out
 
 
@@ -66,7 +68,8 @@ def export_run(trainer) -> Path | None:
         path = export_state(state, trainer.mcfg, Path(c.out_dir) / c.export.name, c.export.dtype,
                             {"steps": str(trainer.step), "ema": str(use_ema), "preset": c.model.preset},
                             lora_names=lora.names if lora is not None else None,
-                            lora_alpha=lora.alpha if lora is not None else None)
+                            lora_alpha=lora.alpha if lora is not None else None,
+                            recognizer=getattr(trainer, "recognizer", None))
         trainer.log(f"[moca-train] exported {path}")
     trainer.dist.barrier()
     return path
@@ -76,6 +79,7 @@ def export_checkpoint(ckpt_dir, out, use_ema: bool = True, dtype: str = "bfloat1
     """Export from a training checkpoint folder (no model or data needed): `train_moca.py export`."""
     from safetensors.torch import load_file
 
+    from ..provenance import Recognizer
     from .config import TrainConfig
     ckpt_dir = Path(ckpt_dir)
     st = json.loads((ckpt_dir / "state.json").read_text(encoding="utf-8"))
@@ -89,4 +93,5 @@ def export_checkpoint(ckpt_dir, out, use_ema: bool = True, dtype: str = "bfloat1
         lora_names = {k: k.replace("__", ".") for k in lora_names}
     return export_state(state, mcfg, out, dtype, {"steps": str(st["step"]), "ema": str(use_ema and ema.is_file()),
                                                   "preset": cfg.model.preset},
-                        lora_names=lora_names, lora_alpha=cfg.train.lora_alpha)
+                        lora_names=lora_names, lora_alpha=cfg.train.lora_alpha,
+                        recognizer=Recognizer.from_value(st.get("face_recognizer"), str(ckpt_dir)))

@@ -47,9 +47,18 @@ class Trainer:
         self.out_dir = Path(c.out_dir)
         self.mcfg = MoCAConfig.preset(c.model.preset, **c.model.overrides)
 
-        self.dataset = ShardDataset(c.data.shards)
+        self.dataset = ShardDataset(c.data.shards)       # refuses shards of different face recognisers
         for path, why in self.dataset.skipped:
             self.log(f"[moca-train] skipped shard {path}: {why}")
+        self.recognizer = self.dataset.recognizer         # recorded in checkpoints and the exported adapter
+        if self.recognizer is not None:
+            self.log(f"[moca-train] face recogniser of the shards: {self.recognizer.label()}")
+        if c.model.adapter_init:
+            from ..provenance import read_file_record, require_match
+            require_match(self.recognizer, "the training shards", read_file_record(c.model.adapter_init),
+                          f"model.adapter_init {Path(c.model.adapter_init).name}",
+                          "start from an adapter trained on this recogniser's embeddings, or from scratch "
+                          "(no model.adapter_init), or train on shards of the adapter's recogniser.", "train_moca.py")
         self.order = SampleOrder(len(self.dataset), seed=c.train.seed, shuffle=c.data.shuffle)
         self.stream = RankStream(self.order, c.data.batch_size, c.data.grad_accum, self.dist.world, self.dist.rank)
         self.global_batch = self.stream.global_batch
