@@ -4,6 +4,7 @@
     torchrun --nproc_per_node N train_moca.py --config FILE [--resume]
     python train_moca.py prepare --videos DIR --out DIR --face-models PATH [...]
     python train_moca.py cache --manifest FILE.jsonl --out DIR --vae PATH --text-encoder PATH [...]
+    python train_moca.py import --format opens2v|consisid --out DIR [...]   (public datasets -> manifest)
     python train_moca.py export --checkpoint CKPT_DIR --out adapter.safetensors [--no-ema]
     python train_moca.py bench [--presets tiny small] [--device cuda]
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMMANDS = ("prepare", "cache", "export", "bench")
+COMMANDS = ("prepare", "import", "cache", "export", "bench")
 
 
 def train_main(argv) -> int:
     p = argparse.ArgumentParser(prog="train_moca.py", description="Fine-tune MoCA (flow matching + LVPL).",
-                                epilog="Subcommands: prepare, cache, export, bench (python train_moca.py CMD --help).")
+                                epilog="Subcommands: prepare, import, cache, export, bench "
+                                       "(python train_moca.py CMD --help).")
     p.add_argument("--config", required=True, help="training config (.yaml/.yml or .json), see configs/")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in out_dir, or from the given checkpoint folder")
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "prepare":
         from ..prepare.pipeline import main as prepare_main
         return prepare_main(argv[1:])
+    if argv and argv[0] == "import":
+        from ..importers import main as import_main
+        return import_main(argv[1:])
     if argv and argv[0] == "cache":
         from .cache import main as cache_main
         return cache_main(argv[1:])
