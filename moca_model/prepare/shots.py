@@ -22,6 +22,8 @@ def detect_cuts(path, threshold: float = DEFAULT_THRESHOLD, min_shot_frames: int
                           "pip install -r requirements-train.txt (scenedetect-headless)") from e
     scenes = detect(str(Path(path)), ContentDetector(threshold=threshold, min_scene_len=min_shot_frames),
                     backend="pyav")
+    import av
+    av.logging.set_level(av.logging.ERROR)   # after PySceneDetect's PyAV run FFmpeg would print every encoder banner
     return sorted({int(s[0].frame_num) for s in scenes[1:]} - {0})
 
 

@@ -5,7 +5,9 @@ Every frame of a shot goes through the project's face pipeline (moca_model.face:
 overlaps most (IoU >= ``iou_min``); if its embedding's cosine to the track's recent mean (last
 ``RECENT`` detections) is below ``split_sim``, the track ends there and a new one starts (a person replaced
 in the same place - e.g. a cut the shot detector missed). A track that finds no detection for more than
-``max_gap`` frames ends. Missing frames inside a track are filled by linear interpolation (``detected`` is
+``max_gap`` frames ends. Before tracking, a detection that lies mostly (``OVERLAP_MAX`` of its area) inside
+a higher-scoring one, or holds one mostly inside itself, is dropped: a second box on the same face (a chin or
+a neck found as a face) would otherwise become a track of its own with a meaningless embedding. Missing frames inside a track are filled by linear interpolation (``detected`` is
 False there), so every frame of a track has a box and landmarks for the face masks.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..face.images import load_images
 from ..face.quality import eye_distance, pose_from_landmarks, sharpness
 
 RECENT = 8
+OVERLAP_MAX = 0.5
 
 
 @dataclass
@@ -59,10 +62,27 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
+def drop_overlapping(faces: list) -> list:
+    """Detections (with .box, .score) without those overlapping a higher-scoring kept one by more than
+    OVERLAP_MAX of the smaller box's area."""
+    kept = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        if kept:
+            a, b = np.stack([k.box for k in kept]).astype(np.float64), np.asarray(f.box, np.float64)
+            w = np.clip(np.minimum(a[:, 2], b[2]) - np.maximum(a[:, 0], b[0]), 0, None)
+            h = np.clip(np.minimum(a[:, 3], b[3]) - np.maximum(a[:, 1], b[1]), 0, None)
+            smaller = np.minimum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[2] - b[0]) * (b[3] - b[1]))
+            if (w * h / np.maximum(smaller, 1e-9) > OVERLAP_MAX).any():
+                continue
+        kept.append(f)
+    return kept
+
+
 def analyse_frame(analyzer, frame: np.ndarray) -> list:
     """Faces of one frame [H, W, 3] uint8 -> [dict(box, kps, score, emb, pose, eye_px, sharpness)]."""
     img = load_images(frame)[0]
     faces, _ = analyzer.detect_loaded(img, fallback=False)
+    faces = drop_overlapping(faces)
     if not faces:
         return []
     kps = torch.from_numpy(np.stack([f.kps for f in faces])).float()            # [F, 5, 2]
