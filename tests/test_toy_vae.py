@@ -70,6 +70,10 @@ def test_exact_resume(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
     with pytest.raises(ValueError, match="other settings"):
         vt.train_vae(_tiny(dim=8), seed=1, resume_dir=tmp_path, log=lambda *a: None)
+    logs = []                                        # a longer run resumes from there on a stretched schedule
+    longer = vt.train_vae(_tiny(checkpoint_every=3, steps=6), seed=1, resume_dir=tmp_path, log=logs.append)
+    assert any("resumed" in m and "step 4" in m for m in logs) and any("step 6/6" in m for m in logs)
+    assert not torch.equal(longer.state_dict()["conv1.weight"], resumed.state_dict()["conv1.weight"])
 
 
 def test_train_toy_vae_writes_a_wan_vae_file(tmp_path):

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
     ap.add_argument("--clips-per-id", type=int, default=2)
     ap.add_argument("--ids", type=int, default=2000, help="how many of TRAIN_IDS to render")
+    ap.add_argument("--vae-steps", type=int, default=None, help="toy VAE steps (default: vae_train's recipe); "
+                    "may change between runs: training resumes on the changed schedule")
     ap.add_argument("--backbone-steps", type=int, default=4000)
     ap.add_argument("--adapter-steps", type=int, default=2000)
     a = ap.parse_args(argv)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     ids = list(world.TRAIN_IDS)[: a.ids]
     for stage in a.stages:
         settings = {"ids": len(ids), "clips_per_id": a.clips_per_id,
-                    "steps": {"backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
+                    "steps": {"vae": a.vae_steps, "backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
         if stamps.done(stage, settings):
             print(f"[toy] {stage}: up to date")
             continue
@@ -184,7 +186,7 @@ def _face(data, ids, a):
 
 def _vae(data, ids, a):
     from .vae_train import train_toy_vae
-    return train_toy_vae(paths()["vae"], resume_dir=data / "vae")
+    return train_toy_vae(paths()["vae"], steps=a.vae_steps, resume_dir=data / "vae")
 
 
 def _classifiers(data, ids, a):

@@ -57,6 +57,46 @@ def evaluate_person(toy, judge, classifiers, pid: int, n_prompts: int, seed: int
     return out
 
 
+def evaluate_backbone(n_prompts: int = 40, seed: int = 0, steps: int | None = None, backbone=None, log=print) -> dict:
+    """Does the toy backbone follow the caption? Text-only videos (no adapter, no identity) for the captions
+    of held-out clip specs (`clip_spec(HELDOUT_IDS[k], PROMPT_SEEDS[0])`, k < n_prompts), judged by the
+    world's classifiers: action / background / lighting accuracy with 95% bootstrap intervals, and the
+    same for chance (the most frequent label among these prompts)."""
+    import torch
+
+    from ..config import MoCAConfig
+    from ..dit import MoCADiT
+    from ..wan_vae import load_wan_vae
+    from . import world
+    from .classifiers import load_classifiers
+    from .metrics import bootstrap_ci
+    from .pipeline import FILES, VAE_DTYPE, ToyPipeline
+    from .text import ToyTextEncoder
+    model = MoCADiT(MoCAConfig.preset("toy"))
+    model.load_backbone(str(backbone or FILES["backbone"]))
+    toy = ToyPipeline(model.eval(), load_wan_vae(FILES["vae"]).to(VAE_DTYPE).eval(), None, ToyTextEncoder())
+    classifiers = load_classifiers()
+    opts = {} if steps is None else {"steps": steps}
+    ok = {h: [] for h in ("action", "background", "lighting")}
+    truth = {h: [] for h in ok}
+    t0 = time.perf_counter()
+    for k in range(n_prompts):
+        spec = world.clip_spec(world.HELDOUT_IDS[k], PROMPT_SEEDS[0])
+        pred = classifiers.classify(toy.generate(spec.caption, None, seed=seed + k, **opts))
+        for h in ok:
+            truth[h].append(getattr(spec, h))
+            ok[h].append(float(pred[h][0] == getattr(spec, h)))
+        if (k + 1) % 10 == 0:
+            log(f"[toy-eval] backbone {k + 1}/{n_prompts} prompts ({time.perf_counter() - t0:.0f} s)")
+    out = {"prompts": n_prompts, "seconds": round(time.perf_counter() - t0, 1)}
+    for h in ok:
+        mean, lo, hi = bootstrap_ci(ok[h])
+        chance = max(truth[h].count(x) for x in set(truth[h])) / len(truth[h])
+        out[f"{h}_accuracy"] = {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
+                                "chance": round(chance, 4)}
+    return out
+
+
 def summarise(items: list[dict]) -> dict:
     from .metrics import bootstrap_ci
     videos = [v for it in items for v in it["videos"]]
@@ -97,9 +137,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's 20)")
     ap.add_argument("--adapter", default=None, help="another toy adapter file to evaluate")
+    ap.add_argument("--backbone-only", type=int, default=0, metavar="N",
+                    help="only check that the backbone follows N held-out captions (text only, no adapter needed)")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if a.backbone_only:
+        r = evaluate_backbone(a.backbone_only, a.seed, a.steps)
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        _write_json(Path(a.out) / "backbone.json", r)
+        print(json.dumps(r, indent=1))
+        return 0
     from . import world
     from .classifiers import load_classifiers
     from .demo import frame_strip

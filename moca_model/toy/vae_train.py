@@ -308,8 +308,10 @@ def train_vae(cfg: VAETrainConfig, seed: int = 0, resume_dir=None, log=print, id
     ckpts = list_checkpoints(resume_dir) if resume_dir else []
     if ckpts:
         ck = load_checkpoint(ckpts[-1])
-        saved = {k: v for k, v in ck["state"].get("config", {}).items() if k != "checkpoint_every"}
-        if saved != {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"} or ck["state"]["seed"] != seed:
+        # the total steps may change on resume (the cosine schedule then shrinks or stretches from there)
+        free = ("checkpoint_every", "steps")
+        saved = {k: v for k, v in ck["state"].get("config", {}).items() if k not in free}
+        if saved != {k: v for k, v in asdict(cfg).items() if k not in free} or ck["state"]["seed"] != seed:
             raise ValueError(f"{ckpts[-1]} was written with other settings (config {saved}, seed "
                              f"{ck['state'].get('seed')}); use another resume_dir or the same settings")
         vae.load_state_dict(ck["model"])
