@@ -131,6 +131,28 @@ def test_cache_resumes_after_interruption(manifest, tmp_path):
     assert stats["chunks_done_before"] == 3 and third.video.calls == 0
 
 
+def test_cache_parts_share_one_manifest_and_folder(manifest, tmp_path):
+    """N processes with --part k/N write the same shards, bit for bit, as one process (chunks k mod N each)."""
+    from safetensors.torch import load_file
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    with pytest.warns(UserWarning):
+        _cacher().run(manifest, whole)
+    with pytest.warns(UserWarning):
+        first = _cacher().run(manifest, split, part=(0, 2))
+    assert [p.name for p in first["shards"]] == ["shard_000000.safetensors", "shard_000002.safetensors"]
+    with pytest.warns(UserWarning):
+        _cacher().run(manifest, split, part=(1, 2))
+    names = sorted(p.name for p in whole.glob("shard_*.safetensors"))
+    assert names == sorted(p.name for p in split.glob("shard_*.safetensors")) and len(names) == 3
+    for name in names:
+        a, b = load_file(str(whole / name)), load_file(str(split / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    skipped = [json.loads(x)["video"] for f in split.glob("skipped.part*of2.jsonl") for x in f.read_text().splitlines()]
+    assert sorted(skipped) == ["v/broken.mp4", "v/noface.mp4"]
+    with pytest.raises(ValueError, match="part 2/2"):
+        _cacher().run(manifest, split, part=(2, 2))
+
+
 def test_training_runs_on_cached_shards(manifest, tmp_path):
     from moca_model.training.synthetic import tiny_train_config
     from moca_model.training.trainer import Trainer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import json
 import time
 from pathlib import Path
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ids", type=int, default=2000, help="how many of TRAIN_IDS to render")
     ap.add_argument("--vae-steps", type=int, default=None, help="toy VAE steps (default: vae_train's recipe); "
                     "may change between runs: training resumes on the changed schedule")
+    ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes for the cache stage (one thread each)")
     ap.add_argument("--backbone-steps", type=int, default=4000)
     ap.add_argument("--adapter-steps", type=int, default=2000)
     a = ap.parse_args(argv)
@@ -142,15 +145,23 @@ def _world(data, ids, a):
 
 
 def _cache(data, ids, a):
-    """The real `train_moca.py cache` path: toy VAE, toy text encoder, toy face pack (onnxruntime)."""
-    from ..training.cache import main as cache_main
+    """The real `train_moca.py cache` path: toy VAE, toy text encoder, toy face pack (onnxruntime), in
+    --procs processes of one thread each sharing the manifest (`--part k/N`)."""
+    import subprocess
+    import sys
     p = paths()
-    cache_main(["--manifest", str(data / "manifest.jsonl"), "--out", str(data / "cache"), "--vae", str(p["vae"]),
-                "--text-encoder", "toy", "--face-models", str(p["insightface"]), "--face-pack", p["face_pack"],
-                "--frames", "17", "--height", "128", "--width", "128", "--fps", "0", "--face-crop", "128",
-                # bf16: PyTorch's fp32 CPU conv3d takes its slow im2col path at the toy VAE's narrow widths,
-                # bf16 goes through oneDNN (~12x faster here: 0.3 s instead of 3.5 s per clip and thread)
-                "--samples-per-shard", "64", "--device", "cpu", "--dtype", "bfloat16"])
+    args = ["--manifest", str(data / "manifest.jsonl"), "--out", str(data / "cache"), "--vae", str(p["vae"]),
+            "--text-encoder", "toy", "--face-models", str(p["insightface"]), "--face-pack", p["face_pack"],
+            "--frames", "17", "--height", "128", "--width", "128", "--fps", "0", "--face-crop", "128",
+            # bf16: PyTorch's fp32 CPU conv3d takes its slow im2col path at the toy VAE's narrow widths,
+            # bf16 goes through oneDNN (~12x faster here: 0.3 s instead of 3.5 s per clip and thread)
+            "--samples-per-shard", "64", "--device", "cpu", "--dtype", "bfloat16"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(REPO / "train_moca.py"), "cache", *args, "--part", f"{k}/{a.procs}"],
+                              env=env) for k in range(a.procs)]
+    codes = [pr.wait() for pr in procs]
+    if any(codes):
+        raise SystemExit(f"[toy] cache: a cache process failed (exit codes {codes}); run the build again to resume")
     return {}
 
 

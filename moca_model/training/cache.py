@@ -251,8 +251,13 @@ class Cacher:
         require_finite(s, str(entry["video"]))
         return s
 
-    def run(self, manifest, out_dir) -> dict:
+    def run(self, manifest, out_dir, part: tuple[int, int] = (0, 1)) -> dict:
+        """Encode `manifest` into `out_dir`; with part=(k, n), only the chunks whose index is k modulo n, so n
+        processes (one per GPU, or per CPU core) can share one manifest and one output folder."""
         manifest, out = Path(manifest), Path(out_dir)
+        k_part, n_parts = part
+        if not (n_parts >= 1 and 0 <= k_part < n_parts):
+            raise ValueError(f"train_moca.py cache: part {k_part}/{n_parts} is not one of 0/N .. N-1/N")
         out.mkdir(parents=True, exist_ok=True)
         self._check_recognizer(out)
         lines = [ln for ln in manifest.read_text(encoding="utf-8").splitlines()]
@@ -271,7 +276,7 @@ class Cacher:
             from ..checkpoint import atomic_save_safetensors
             atomic_save_safetensors({"text": self.text.encode([""])[0]}, out / "empty_text.safetensors",
                                     {"format": "moca-empty-text", "caption": ""}, overwrite=True)
-        skipped_path = out / "skipped.jsonl"
+        skipped_path = out / ("skipped.jsonl" if n_parts == 1 else f"skipped.part{k_part}of{n_parts}.jsonl")
         skipped = {}
         if skipped_path.is_file():
             for ln in skipped_path.read_text(encoding="utf-8").splitlines():
@@ -281,6 +286,8 @@ class Cacher:
         stats = {"written": 0, "skipped": 0, "chunks_done_before": 0, "shards": []}
         root = manifest.parent
         for c0 in range(0, len(entries), self.per_shard):
+            if (c0 // self.per_shard) % n_parts != k_part:
+                continue
             chunk = entries[c0:c0 + self.per_shard]
             shard = out / f"shard_{c0 // self.per_shard:06d}.safetensors"
             digest = hashlib.sha256("\n".join(json.dumps(e, sort_keys=True) for _, e in chunk).encode()).hexdigest()[:16]
@@ -357,6 +364,8 @@ def main(argv) -> int:
     p.add_argument("--face-crop", type=int, default=256, help="face crop size in pixels (latent /8)")
     p.add_argument("--reference-frames", type=int, default=3, help="frames used when reference is from_video")
     p.add_argument("--samples-per-shard", type=int, default=8)
+    p.add_argument("--part", default="0/1", metavar="K/N", help="encode only every N-th chunk, starting at chunk K: "
+                   "run N processes (K = 0..N-1, e.g. one per GPU) on the same manifest and --out")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
                    choices=["float32", "bfloat16", "float16"])
@@ -369,7 +378,12 @@ def main(argv) -> int:
                                        provider="cpu" if a.device == "cpu" else "auto"),
                     num_frames=a.frames, height=a.height, width=a.width, fps=a.fps or None,
                     reference_frames=a.reference_frames, samples_per_shard=a.samples_per_shard)
-    stats = cacher.run(a.manifest, a.out)
+    try:
+        part = tuple(int(x) for x in a.part.split("/"))
+        assert len(part) == 2
+    except (ValueError, AssertionError):
+        p.error(f"--part {a.part!r}: write K/N, e.g. 0/2 and 1/2 for two processes")
+    stats = cacher.run(a.manifest, a.out, part=part)
     print(f"[moca-cache] {stats['written']} samples written, {stats['skipped']} skipped (see skipped.jsonl), "
           f"{stats['chunks_done_before']} chunk(s) already done")
     return 0
