@@ -302,8 +302,31 @@ TOY_PACK = H.REPO / "toy_models" / "insightface" / "models" / "toyface"
 
 
 @pytest.mark.skipif(not (TOY_PACK / "rec_toy.onnx").is_file(), reason="toy face pack not built")
-def test_toyface_works_through_a_manifest(tmp_path):
-    """The toy pack's files under other names, found only through its manifest: same embeddings and record."""
+def test_toyface_works_through_its_manifest(tmp_path, monkeypatch):
+    """The toy pack as the toy build installs it (with its moca_pack.json) loads with no built-in entry at all,
+    and gives the built-in's embeddings and recogniser record."""
+    from moca_model.face import packs
+    from moca_model.toy import world
+    from moca_model.toy.face_train import install_pack
+    builtin = FaceAnalyzer.load(TOY_PACK.parents[1], pack="toyface", backend="onnxruntime", provider="cpu")
+    folder = tmp_path / "models" / "toyface"
+    install_pack(TOY_PACK / "det_toy.onnx", TOY_PACK / "rec_toy.onnx", pack_dir=folder)
+    assert json.loads((folder / MANIFEST).read_text())["recognizer"]["file"] == "rec_toy.onnx"
+    monkeypatch.delitem(packs.PACKS, "toyface")
+    via_manifest = FaceAnalyzer.load(tmp_path, pack="toyface", backend="onnxruntime", provider="cpu")
+    assert via_manifest.pack.spec.manifest == str(folder / MANIFEST)
+    img = world.make_reference(world.HELDOUT_IDS[0], 901).image
+    a, b = via_manifest.encode(img), builtin.encode(img)
+    assert torch.allclose(a.embedding, b.embedding, atol=1e-6) and via_manifest.recognizer == builtin.recognizer
+    shutil.rmtree(folder)
+    with pytest.raises(FaceOptionError, match=r"Built-in packs: antelopev2, buffalo_l \(.*Any other pack needs a "
+                                              r"moca_pack.json"):
+        FaceAnalyzer.load(tmp_path, pack="toyface")
+
+
+@pytest.mark.skipif(not (TOY_PACK / "rec_toy.onnx").is_file(), reason="toy face pack not built")
+def test_a_manifest_finds_renamed_files(tmp_path):
+    """The toy pack's files under other names, found only through a manifest: same embeddings and record."""
     from moca_model.toy import world
     folder = tmp_path / "models" / "toyface_m"
     folder.mkdir(parents=True)

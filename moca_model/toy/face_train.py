@@ -254,7 +254,7 @@ def evaluate_recognisers(models_root, eval_path=EVAL_REC, n_pairs: int = 3000, p
 
 # ---------------------------------------------------------------------------------------------- building
 def install_pack(det_onnx, rec_onnx, judge_onnx=None, pack_dir=PACK_DIR, eval_path=EVAL_REC):
-    """Copy the exported files into the ComfyUI layout (atomically)."""
+    """Copy the exported files into the ComfyUI layout (atomically), with the pack's moca_pack.json."""
     import shutil
 
     from moca_model.atomic import atomic_target
@@ -267,6 +267,9 @@ def install_pack(det_onnx, rec_onnx, judge_onnx=None, pack_dir=PACK_DIR, eval_pa
             continue
         with atomic_target(dst, overwrite=True, suffix=".onnx") as tmp:
             shutil.copyfile(src, tmp)
+    if det_onnx is not None or rec_onnx is not None:       # the pack's manifest (moca_model.face.packs)
+        from moca_model.face.packs import PACKS, write_manifest
+        write_manifest(pack_dir, PACKS[PACK], overwrite=True)
 
 
 def build_toy_face(data_dir=DEFAULT_DATA, stages=("data", "detector", "recogniser", "judge", "eval"),
