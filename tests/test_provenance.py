@@ -173,6 +173,19 @@ def test_trainer_refuses_to_resume_or_start_from_another_recognisers_weights(tmp
                 log=lambda *a: None)
 
 
+def test_trainer_refuses_a_validation_face_pack_of_another_recogniser(tmp_path, tiny_analyzer):
+    from moca_model.training.trainer import Trainer
+    root = tiny_analyzer.pack.folder.parents[1]                                  # <root>/models/antelopev2
+    _shard(tmp_path / "a" / "shard_0.safetensors", REC_A)
+    with pytest.raises(RecognizerMismatchError, match="validation.face_pack 'antelopev2'.*set validation.face_pack"):
+        Trainer(_config(tmp_path, tmp_path / "a", validation={"face_models": str(root)}), device="cpu",
+                log=lambda *a: None)
+    _shard(tmp_path / "b" / "shard_0.safetensors", tiny_analyzer.recognizer)      # cached with that very pack
+    t = Trainer(_config(tmp_path, tmp_path / "b", validation={"face_models": str(root)}), device="cpu",
+                log=lambda *a: None)
+    assert t.recognizer == tiny_analyzer.recognizer
+
+
 def test_cache_records_the_recogniser_and_refuses_a_folder_of_another(tmp_path):
     from test_train_cache import ColourFaceEncoder, HashTextEncoder, PoolVideoEncoder, _clip
 

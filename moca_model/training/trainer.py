@@ -53,12 +53,7 @@ class Trainer:
         self.recognizer = self.dataset.recognizer         # recorded in checkpoints and the exported adapter
         if self.recognizer is not None:
             self.log(f"[moca-train] face recogniser of the shards: {self.recognizer.label()}")
-        if c.model.adapter_init:
-            from ..provenance import read_file_record, require_match
-            require_match(self.recognizer, "the training shards", read_file_record(c.model.adapter_init),
-                          f"model.adapter_init {Path(c.model.adapter_init).name}",
-                          "start from an adapter trained on this recogniser's embeddings, or from scratch "
-                          "(no model.adapter_init), or train on shards of the adapter's recogniser.", "train_moca.py")
+        self._check_recognizers()
         self.order = SampleOrder(len(self.dataset), seed=c.train.seed, shuffle=c.data.shuffle)
         self.stream = RankStream(self.order, c.data.batch_size, c.data.grad_accum, self.dist.world, self.dist.rank)
         self.global_batch = self.stream.global_batch
@@ -75,6 +70,23 @@ class Trainer:
                                        lvpl=build.build_lvpl(c, self.device))
         self.step = 0
         self.metrics = MetricsLog(self.out_dir, c.logging.tensorboard, enabled=self.dist.is_main)
+
+    def _check_recognizers(self):
+        """Refuse an adapter_init or a validation face pack of another recogniser than the shards'."""
+        from ..provenance import Recognizer, read_file_record, require_match
+        c = self.cfg
+        if c.model.adapter_init:
+            require_match(self.recognizer, "the training shards", read_file_record(c.model.adapter_init),
+                          f"model.adapter_init {Path(c.model.adapter_init).name}",
+                          "start from an adapter trained on this recogniser's embeddings, or from scratch "
+                          "(no model.adapter_init), or train on shards of the adapter's recogniser.", "train_moca.py")
+        if c.validation.face_models and self.recognizer is not None:
+            from ..face.packs import find_pack
+            pack = find_pack(c.validation.face_models, c.validation.face_pack)
+            require_match(self.recognizer, "the training shards", Recognizer.of_file(pack.name, pack.recognizer),
+                          f"validation.face_pack '{pack.name}'", f"set validation.face_pack to "
+                          f"'{self.recognizer.pack}' (the pack the shards were cached with), so val/likeness "
+                          "compares embeddings of one space.", "train_moca.py")
 
     def _build_module(self):
         c = self.cfg
