@@ -93,6 +93,8 @@ class MoCAIdentity:
             parts.append(f"face latent {list(self.face_latent.shape[-2:])}")
         else:
             parts.append("face latent: none (global tokens only)")
+        if self.arcface is not None:
+            parts.append(f"recogniser {self.recognizer.label()}" if self.recognizer else "recogniser not recorded")
         return ", ".join(parts)
 
     # ------------------------------------------------------------------ files

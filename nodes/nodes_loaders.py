@@ -126,7 +126,9 @@ class MoCAFaceAnalyzerLoader(io.ComfyNode):
                         "models/insightface/models/<pack>/ - the folder PuLID / InstantID / IPAdapter use - on an "
                         "onnxruntime provider. Nothing is downloaded; a missing pack gives an error listing the files.",
             inputs=[io.Combo.Input("pack", options=paths.insightface_packs(), default="antelopev2",
-                                   tooltip="insightface pack folder name (antelopev2 recommended, buffalo_l accepted)."),
+                                   tooltip="insightface pack folder name (antelopev2 recommended, buffalo_l accepted; any "
+                                           "other pack with a moca_pack.json manifest). Use the pack the MoCA adapter "
+                                           "was trained with: MoCA Apply refuses identities of another recogniser."),
                     io.Combo.Input("provider", options=PROVIDERS, default="auto",
                                    tooltip="onnxruntime execution provider. 'auto' uses the GPU when its provider "
                                            "really loads, else the CPU, and reports which one ran."),

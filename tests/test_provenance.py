@@ -76,6 +76,7 @@ def test_analyzer_records_its_recogniser_in_identity_files(tiny_analyzer, astron
     assert ident.recognizer == rec
     back = MoCAIdentity.load(ident.save(tmp_path / "node.safetensors"))        # the node writer keeps it
     assert back.recognizer == rec
+    assert f"recogniser {rec.label()}" in back.summary()                        # what Load Identity's info shows
 
 
 def read_shard_header_like(path):
@@ -89,7 +90,7 @@ def test_old_identity_file_loads_with_one_notice(tmp_path, caplog):
     assert "face_recognizer" not in read_shard_header_like(p)
     with caplog.at_level(logging.WARNING, "moca.provenance"):
         assert MoCAIdentity.load(p).recognizer is None
-        MoCAIdentity.load(p)
+        assert "recogniser not recorded" in MoCAIdentity.load(p).summary()
     notes = _notices(caplog)
     assert len(notes) == 1 and "old.safetensors" in notes[0] and "no record of which face recogniser" in notes[0]
 
