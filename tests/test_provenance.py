@@ -4,6 +4,7 @@ load with a one-line notice; packs beyond the built-in ones are registered by a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -290,6 +291,7 @@ def test_the_manifest_normalisation_is_applied(tmp_path, tiny_analyzer, astronau
     ({"embedding_size": 256}, "embedding_size 256: MoCA's identity tokenizer takes 512"),
     ({"input_size": 100}, "multiple of 112"),
     ({"input_mean": 1.0}, "both recognizer input_mean and input_std"),
+    ({"input_size": "large"}, "recognizer fields must be numbers"),
 ])
 def test_a_manifest_that_does_not_fit_is_refused(tmp_path, recognizer, match):
     _manifest_pack(tmp_path, **recognizer)
@@ -347,7 +349,7 @@ def test_a_manifest_finds_renamed_files(tmp_path):
     shutil.copy(TOY_PACK / "det_toy.onnx", folder / "detector.onnx")
     shutil.copy(TOY_PACK / "rec_toy.onnx", folder / "recogniser.onnx")
     spec = PACKS["toyface"]
-    write_manifest(folder, PackSpec(**{**spec.__dict__, "detector": "detector.onnx", "recognizer": "recogniser.onnx"}))
+    write_manifest(folder, dataclasses.replace(spec, detector="detector.onnx", recognizer="recogniser.onnx"))
     via_manifest = FaceAnalyzer.load(tmp_path, pack="toyface_m", backend="onnxruntime", provider="cpu")
     builtin = FaceAnalyzer.load(TOY_PACK.parents[1], pack="toyface", backend="onnxruntime", provider="cpu")
     img = world.make_reference(world.HELDOUT_IDS[0], 901).image

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import FaceOptionError, FacePackError
@@ -66,8 +66,8 @@ class PackSpec:
             raise bad(f"expected a JSON object, got {type(data).__name__}")
         if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
             raise bad(f"'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-        if int(data.get("version", 1)) > 1:
-            raise bad(f"version {data.get('version')} is newer than this MoCA reads (1); update the node pack")
+        if str(data.get("version", 1)).strip() != "1":
+            raise bad(f"version {data.get('version')!r} is not 1, the version this MoCA reads; update the node pack")
         det, rec = data.get("detector"), data.get("recognizer")
         det = {"file": det} if isinstance(det, str) else det
         rec = {"file": rec} if isinstance(rec, str) else rec
@@ -92,7 +92,10 @@ class PackSpec:
         name = str(data.get("name") or default_name or "").strip()
         if not name:
             raise bad("needs a 'name'")
-        files = [str(det["file"]), str(rec["file"])] + [str(f) for f in data.get("optional", [])]
+        optional = data.get("optional", [])
+        if not isinstance(optional, list):
+            raise bad(f"'optional' must be a list of file names, got {optional!r}")
+        files = [str(det["file"]), str(rec["file"])] + [str(f) for f in optional]
         if any(os.sep in f or "/" in f or f.startswith(".") for f in files):
             raise bad(f"file names must be plain names inside the pack folder, got {files}")
         return cls(name, files[0], files[1], tuple(files[2:]), size, mean, std, dim, None, str(data.get("licence", "")))
@@ -119,8 +122,7 @@ def read_manifest(path, default_name: str | None = None) -> PackSpec:
     except (OSError, ValueError) as e:
         raise FacePackError(f"Face pack manifest {path} cannot be read as JSON ({e}). Fix or remove it; see "
                             "docs/faces.md, 'Other face packs'.") from e
-    spec = PackSpec.from_manifest(data, str(path), default_name)
-    return PackSpec(**{**spec.__dict__, "manifest": str(path)})
+    return replace(PackSpec.from_manifest(data, str(path), default_name), manifest=str(path))
 
 
 def write_manifest(folder, spec: PackSpec, overwrite: bool = False) -> Path:
@@ -176,7 +178,7 @@ def pack_manifest(models_root, pack: str) -> PackSpec | None:
     for folder in candidate_folders(models_root, str(pack).strip()):
         if (folder / MANIFEST).is_file():
             spec = read_manifest(folder / MANIFEST, default_name=str(pack).strip())
-            return PackSpec(**{**spec.__dict__, "name": str(pack).strip()})   # the folder's name is the pack's
+            return replace(spec, name=str(pack).strip())                  # the folder's name is the pack's
     return None
 
 
