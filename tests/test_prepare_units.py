@@ -191,3 +191,19 @@ def test_crop_region_mask_and_photo():
     assert photo_crop(frame, np.array([0, 0, 20, 20])).shape == (32, 32, 3)   # clipped at the border
     still = np.zeros((5, 8, 8, 3), np.uint8)
     assert frame_motion(still) == 0.0 and frame_motion(np.concatenate([still, still + 255])) == pytest.approx(255 / 255 / 9)
+
+
+def test_tracker_rejoins_a_split_that_was_a_passing_dip():
+    a, dip, b = np.eye(8)[0], np.eye(8)[1], np.eye(8)[2]
+    seq = [a] * 6 + [dip] + [a] * 5 + [b] * 6                         # a one-frame dip, then a real change at 12
+    tr = ShotTracker(shot=0, split_sim=0.5, join_sim=0.5)
+    for t, e in enumerate(seq):
+        tr.step(t, [_face(10, e)])
+    tracks = tr.finish()
+    assert [(int(k.frames[0]), int(k.frames[-1])) for k in tracks] == [(0, 11), (12, 17)]
+    assert not tracks[0].detected[6] and tracks[0].detected.sum() == 11   # the dip frame is left out
+    assert tr.splits == 2                                            # the dip's own end, and the change at 12
+    plain = ShotTracker(shot=0, split_sim=0.5)                         # without join_sim: a is cut in two
+    for t, e in enumerate(seq):
+        plain.step(t, [_face(10, e)])
+    assert plain.splits == 3 and len(plain.finish()) == 3              # the 1-frame dip track is too short to keep

@@ -4,7 +4,8 @@ Stages: (1) per video - shot cuts (shots.py), face tracks per shot (tracking.py)
 so a re-run skips analysed videos; (2) all tracks - identities (identities.py), clip windows and quality
 filters (selection.py), references from other shots (references.py); (3) per video - clips, mask videos
 and reference photos (extract.py; existing files are kept); (4) captions (captions.py); (5) ``manifest.jsonl``,
-``pairs.jsonl`` (where each clip and reference came from, with similarities and quality), ``report.json``,
+``pairs.jsonl`` (where each clip and reference came from, with similarities and quality), ``tracks.jsonl``
+(every face track with its shot, frames and identity), ``report.json``,
 ``contact_sheet.png``, ``errors.jsonl``. A video that fails at any stage is listed in errors.jsonl and the
 report, and skipped; the run carries on.
 
@@ -105,18 +106,18 @@ def _write_json(path: Path, obj, lines: bool = False):
 
 
 # ---------------------------------------------------------------------------------------------- stage 1
-def analyse_video(path, analyzer, cfg: PrepareConfig, split_sim: float) -> dict:
+def analyse_video(path, analyzer, cfg: PrepareConfig, split_sim: float, join_sim: float | None = None) -> dict:
     """Cuts and face tracks of one video -> {"fps", "n_frames", "size", "shots", "splits", "tracks"}."""
     cuts = set(detect_cuts(path, cfg.shot_threshold, cfg.min_shot_frames))
     fps, n_hint, frames = iter_video(path)
-    shot, tracker, tracks, splits, size, t = 0, ShotTracker(0, split_sim), [], 0, None, -1
+    shot, tracker, tracks, splits, size, t = 0, ShotTracker(0, split_sim, join_sim=join_sim), [], 0, None, -1
     for t, frame in enumerate(tqdm(frames, total=n_hint or None, desc=Path(path).name, unit="frame", leave=False)):
         size = frame.shape[1], frame.shape[0]
         if t in cuts:
             tracks += tracker.finish()
             splits += tracker.splits
             shot += 1
-            tracker = ShotTracker(shot, split_sim)
+            tracker = ShotTracker(shot, split_sim, join_sim=join_sim)
         tracker.step(t, analyse_frame(analyzer, frame))
     if t < 0:
         raise ValueError(f"{path}: the video has no frames")
@@ -151,6 +152,15 @@ def load_analysis(work: Path, key: str, stamp: dict) -> dict | None:
         return None
     meta["tracks"] = tracks
     return meta
+
+
+def cannot_link(tracks: list) -> list:
+    """Index pairs of tracks [(video key, index, FaceTrack)] seen in the same frames of one shot."""
+    groups = {}
+    for i, (key, _, tr) in enumerate(tracks):
+        groups.setdefault((key, tr.shot), []).append(i)
+    return [(i, j) for g in groups.values() for n, i in enumerate(g) for j in g[n + 1:]
+            if tracks[i][2].frames[0] <= tracks[j][2].frames[-1] and tracks[j][2].frames[0] <= tracks[i][2].frames[-1]]
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -191,10 +201,10 @@ class Preparer:
                                                         ("split_sim", "cluster_sim", "ref_min", "ref_max")):
             self.log(f"[moca-prepare] no thresholds known for face pack {cfg.face_pack!r}: using antelopev2's "
                      f"({th}); set --split-sim/--cluster-sim/--ref-min/--ref-max for your recogniser")
-        errors, analyses, keys = [], {}, {}
+        errors, analyses, keys, tags = [], {}, {}, {}
         settings = {"pack": cfg.face_pack, "det_size": cfg.det_size, "det_thresh": cfg.det_thresh,
                     "shot_threshold": cfg.shot_threshold, "min_shot_frames": cfg.min_shot_frames,
-                    "split": th["split"], "version": ANALYSIS_VERSION}
+                    "split": th["split"], "join": th["cluster"], "version": ANALYSIS_VERSION}
         reused = 0
         # (1) per video: shots and face tracks
         for path in tqdm(videos, desc="analyse", unit="video"):
@@ -208,30 +218,35 @@ class Preparer:
                 reused += 1
             else:
                 try:
-                    a = analyse_video(path, self.analyzer, cfg, th["split"])
+                    a = analyse_video(path, self.analyzer, cfg, th["split"], th["cluster"])
                     save_analysis(work, key, a, stamp)
                 except Exception as e:       # unreadable, corrupt, ...: list it, keep going
                     errors.append({"video": str(rel), "stage": "analyse", "error": f"{type(e).__name__}: {e}"})
                     self.log(f"[moca-prepare] skipping {rel}: {type(e).__name__}: {e}")
                     continue
             analyses[key] = a
+            # names of clips and photos carry a digest of what made them, so a changed video or setting
+            # never reuses a file written for another track numbering or clip size
+            tags[key] = hashlib.sha1(json.dumps([stamp, cfg.frames, cfg.fps, cfg.height, cfg.width],
+                                                sort_keys=True).encode()).hexdigest()[:6]
         # (2) identities, windows, filters, references
         all_tracks = [(key, k, tr) for key, a in analyses.items() for k, tr in enumerate(a["tracks"])]
         emb = np.stack([tr.mean_embedding() for _, _, tr in all_tracks]) if all_tracks else np.zeros((0, 1))
-        cannot = [(i, j) for i in range(len(all_tracks)) for j in range(i + 1, len(all_tracks))
-                  if all_tracks[i][0] == all_tracks[j][0] and all_tracks[i][2].shot == all_tracks[j][2].shot
-                  and all_tracks[i][2].frames[0] <= all_tracks[j][2].frames[-1]
-                  and all_tracks[j][2].frames[0] <= all_tracks[i][2].frames[-1]]
-        labels = cluster_tracks(emb, th["cluster"], cannot)
+        labels = cluster_tracks(emb, th["cluster"], cannot_link(all_tracks))
         identity = {(key, k): int(lab) for (key, k, _), lab in zip(all_tracks, labels)}
+        _write_json(out / "tracks.jsonl", [
+            {"video": str(keys[key].relative_to(videos_dir)), "track": k, "shot": tr.shot, "identity": identity[(key, k)],
+             "frames": [int(tr.frames[0]), int(tr.frames[-1])], "detected": int(tr.detected.sum())}
+            for key, k, tr in all_tracks], lines=True)
         windows, photos, track_of = [], [], {}
         for key, k, tr in all_tracks:
             track_of[(key, k)] = tr
             fps = analyses[key]["fps"]
-            for w in track_windows(key, k, tr, fps, cfg.fps, cfg.frames, cfg.clips_per_track, cfg.filters):
+            for w in track_windows(key, k, tr, fps, cfg.fps, cfg.frames, cfg.clips_per_track, cfg.filters,
+                                   tags[key]):
                 w.identity = identity[(key, k)]
                 windows.append(w)
-            for p in track_photos(key, k, tr, cfg.filters, cfg.photos_per_track):
+            for p in track_photos(key, k, tr, cfg.filters, cfg.photos_per_track, tag=tags[key]):
                 p.identity = identity[(key, k)]
                 photos.append(p)
         dropped = {}

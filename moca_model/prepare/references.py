@@ -28,14 +28,15 @@ class Photo:
     embedding: np.ndarray            # [D]
     box: np.ndarray                  # [4] source pixels
     identity: int = -1
+    tag: str = ""                    # digest of the settings that made it (see pipeline)
 
     @property
     def name(self) -> str:
-        return f"{self.video}_f{self.frame:06d}_t{self.track:03d}"
+        return f"{self.video}_f{self.frame:06d}_t{self.track:03d}" + (f"_{self.tag}" if self.tag else "")
 
 
 def track_photos(video: str, track_index: int, track: FaceTrack, filters: QualityFilters,
-                 photos_per_track: int = 3, max_photo_angle: float = 35.0) -> list:
+                 photos_per_track: int = 3, max_photo_angle: float = 35.0, tag: str = "") -> list:
     """Up to ``photos_per_track`` good frames of a track, spread evenly along it."""
     ok = (track.detected & (track.scores >= filters.min_det_score) & (track.eye_px >= filters.min_eye_px)
           & (np.abs(track.pose[:, 0]) <= max_photo_angle) & (np.abs(track.pose[:, 1]) <= max_photo_angle)
@@ -44,7 +45,8 @@ def track_photos(video: str, track_index: int, track: FaceTrack, filters: Qualit
     if not len(pos):
         return []
     picks = sorted(set(pos[np.linspace(0, len(pos) - 1, min(photos_per_track, len(pos))).round().astype(int)].tolist()))
-    return [Photo(video, track.shot, track_index, int(track.frames[p]), track.emb[p], track.boxes[p]) for p in picks]
+    return [Photo(video, track.shot, track_index, int(track.frames[p]), track.emb[p], track.boxes[p], tag=tag)
+            for p in picks]
 
 
 def choose_references(clip: ClipWindow, photos: list, n_refs: int, ref_min: float, ref_max: float,

@@ -105,14 +105,14 @@ def failed_filters(q: dict, f: QualityFilters) -> list:
 
 
 def track_windows(video: str, track_index: int, track: FaceTrack, src_fps: float, fps: float | None,
-                  frames: int, max_windows: int, filters: QualityFilters) -> list:
+                  frames: int, max_windows: int, filters: QualityFilters, tag: str = "") -> list:
     """Candidate ClipWindows of one track, each with its quality record and failed filters."""
     out = []
     for k, idx in enumerate(window_indices(int(track.frames[0]), int(track.frames[-1]), src_fps, fps, frames,
                                            max_windows)):
         lo, hi = idx[0] - int(track.frames[0]), idx[-1] - int(track.frames[0]) + 1
         q = window_quality(track, idx)
-        out.append(ClipWindow(id=f"{video}_t{track_index:03d}_w{k}", video=video, shot=track.shot,
+        out.append(ClipWindow(id=f"{video}_t{track_index:03d}_f{idx[0]:06d}" + (f"_{tag}" if tag else ""), video=video, shot=track.shot,
                               track=track_index, indices=idx, embedding=track.mean_embedding(lo, hi),
                               quality=q, failed=failed_filters(q, filters)))
     return out

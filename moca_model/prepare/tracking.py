@@ -5,7 +5,9 @@ Every frame of a shot goes through the project's face pipeline (moca_model.face:
 overlaps most (IoU >= ``iou_min``); if its embedding's cosine to the track's recent mean (last
 ``RECENT`` detections) is below ``split_sim``, the track ends there and a new one starts (a person replaced
 in the same place - e.g. a cut the shot detector missed). A track that finds no detection for more than
-``max_gap`` frames ends. Before tracking, a detection that lies mostly (``OVERLAP_MAX`` of its area) inside
+``max_gap`` frames ends. When the shot ends, a track that starts right where another ended (within
+``max_gap`` frames, overlapping boxes) is joined back to it if their mean embeddings agree (cosine >=
+``join_sim``, the identity-clustering threshold): the split was a passing dip, not another person. Before tracking, a detection that lies mostly (``OVERLAP_MAX`` of its area) inside
 a higher-scoring one, or holds one mostly inside itself, is dropped: a second box on the same face (a chin or
 a neck found as a face) would otherwise become a track of its own with a meaningless embedding. Missing frames inside a track are filled by linear interpolation (``detected`` is
 False there), so every frame of a track has a box and landmarks for the face masks.
@@ -100,12 +102,13 @@ class ShotTracker:
     """Online tracker for one shot: ``step(t, faces)`` per frame, then ``finish()`` -> [FaceTrack]."""
 
     def __init__(self, shot: int, split_sim: float, iou_min: float = 0.3, max_gap: int = 3,
-                 min_detections: int = 3):
-        self.shot, self.split_sim, self.iou_min = shot, split_sim, iou_min
+                 min_detections: int = 3, join_sim: float | None = None):
+        self.shot, self.split_sim, self.iou_min, self.join_sim = shot, split_sim, iou_min, join_sim
         self.max_gap, self.min_detections = max_gap, min_detections
         self.active: list = []       # lists of (t, face dict)
         self.done: list = []
-        self.splits = 0              # tracks ended because the identity changed
+        self.splits = 0              # tracks ended because the identity changed (after re-joining)
+        self._split_ended: set = set()   # ids of the detection lists that a split ended
 
     def step(self, t: int, faces: list):
         self._expire(t)
@@ -121,6 +124,7 @@ class ShotTracker:
                 sim = float(faces[j]["emb"] @ recent) / max(float(np.linalg.norm(recent)), 1e-12)
                 if sim < self.split_sim:     # same place, another face: end the track, start another
                     self.splits += 1
+                    self._split_ended.add(id(tr))
                     self.done.append(tr)
                     self.active[i] = [(t, faces[j])]
                 else:
@@ -137,9 +141,40 @@ class ShotTracker:
         self.active = keep
 
     def finish(self) -> list:
-        tracks = [build_track(self.shot, tr) for tr in self.done + self.active if len(tr) >= self.min_detections]
-        self.active, self.done = [], []
+        raw = self._rejoin(self.done + self.active) if self.join_sim is not None else self.done + self.active
+        tracks = [build_track(self.shot, tr) for tr in raw if len(tr) >= self.min_detections]
+        self.active, self.done, self._split_ended = [], [], set()
         return sorted(tracks, key=lambda k: (int(k.frames[0]), float(k.boxes[0, 0])))
+
+
+    def _rejoin(self, raw: list) -> list:
+        """Join a track to the best-matching one that ended just before it in the same place when their mean
+        embeddings agree (cosine >= join_sim): the split was a passing dip (an expression, a blink), not a new
+        person. The dip's own frames stay a separate (usually too short, so dropped) track."""
+        raw = sorted(raw, key=lambda tr: tr[0][0])
+        out = []
+        for tr in raw:
+            mean = _mean([f["emb"] for _, f in tr])
+            near = [(float(_mean([f["emb"] for _, f in prev]) @ mean), k) for k, prev in enumerate(out)
+                    if 0 < tr[0][0] - prev[-1][0] <= self.max_gap + 1
+                    and iou(prev[-1][1]["box"][None], tr[0][1]["box"][None])[0, 0] >= self.iou_min]
+            sim, k = max(near, default=(-1.0, -1))
+            if sim < self.join_sim:
+                out.append(tr)
+                continue
+            prev = out[k]                    # the best-matching track that ended just before, in the same place
+            if id(prev) in self._split_ended:
+                self.splits -= 1
+                self._split_ended.discard(id(prev))
+            if id(tr) in self._split_ended:
+                self._split_ended.add(id(prev))
+            prev.extend(tr)
+        return out
+
+
+def _mean(embs) -> np.ndarray:
+    m = np.mean(np.stack(embs), axis=0)
+    return m / max(float(np.linalg.norm(m)), 1e-12)
 
 
 def build_track(shot: int, dets: list) -> FaceTrack:

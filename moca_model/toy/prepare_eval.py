@@ -102,8 +102,7 @@ def measure(ground_truth, out_dir) -> dict:
     tracks_fig = {"tracks": len(track_info), "appearances": len(appearances),
                   "purity": round(pur_hit / max(1, pur_tot), 4), "detections": pur_tot,
                   "tracks_per_appearance": round(len(track_info) / max(1, len(appearances)), 3)}
-    # identities: the cluster of each track from pairs.jsonl is not enough (dropped tracks): recompute labels
-    ident = _identity_figures(out, work, by_key, track_labels)
+    ident = _identity_figures(out, track_labels)
     pairs = [json.loads(ln) for ln in (out / "pairs.jsonl").read_text().splitlines() if ln.strip()]
     vids = {v["file"]: v for v in gt["videos"]}
     n = wrong = other_shot = other_video = 0
@@ -127,30 +126,16 @@ def measure(ground_truth, out_dir) -> dict:
     return {"shots": shots, "tracks": tracks_fig, "identities": ident, "pairs": pair_fig}
 
 
-def _identity_figures(out: Path, work: Path, by_key: dict, track_labels: dict) -> dict:
-    """Cluster purity / recall / cross-video pairwise recall from the labels `prepare` gave each track."""
-    from ..prepare.identities import cluster_tracks
-    report = json.loads((out / "report.json").read_text())
-    th = report["thresholds"]
-    keys, emb, cannot = [], [], []
-    for key in by_key:
-        _, tracks = _load_tracks(work, key)
-        for k, tr in enumerate(tracks):
-            keys.append((key, k, tr))
-            emb.append(tr.mean_embedding())
-    for i in range(len(keys)):
-        for j in range(i + 1, len(keys)):
-            a, b = keys[i], keys[j]
-            if a[0] == b[0] and a[2].shot == b[2].shot and a[2].frames[0] <= b[2].frames[-1] and b[2].frames[0] <= a[2].frames[-1]:
-                cannot.append((i, j))
-    labels = cluster_tracks(np.stack(emb), th["cluster"], cannot)   # the same call as prepare's stage 2
-    truth = np.array([track_labels[(k, i)] for k, i, _ in keys])
+def _identity_figures(out: Path, track_labels: dict) -> dict:
+    """Cluster purity / recall / cross-video pairwise recall of the identities `prepare` gave the tracks
+    (``tracks.jsonl``); ``track_labels``: (video key, track) -> ground-truth person (-1: a false detection)."""
+    rows = [json.loads(ln) for ln in (out / "tracks.jsonl").read_text().splitlines() if ln.strip()]
+    keys = [(video_key(Path(r["video"])), r["track"]) for r in rows]
+    labels = np.array([r["identity"] for r in rows])
+    truth = np.array([track_labels[k] for k in keys])
     real = truth >= 0
-    hit = sum(np.unique(truth[(labels == c) & real], return_counts=True)[1].max()
-              for c in np.unique(labels[real]))
-    purity = hit / max(1, real.sum())
+    hit = sum(np.unique(truth[(labels == c) & real], return_counts=True)[1].max() for c in np.unique(labels[real]))
     rec = sum(np.unique(labels[truth == p], return_counts=True)[1].max() for p in np.unique(truth[real]))
-    recall = rec / max(1, real.sum())
     same = tot = 0
     for i in range(len(keys)):
         for j in range(i + 1, len(keys)):
@@ -158,7 +143,7 @@ def _identity_figures(out: Path, work: Path, by_key: dict, track_labels: dict) -
                 tot += 1
                 same += labels[i] == labels[j]
     return {"clusters": int(len(np.unique(labels))), "people": int(len(np.unique(truth[real]))),
-            "purity": round(float(purity), 4), "recall": round(float(recall), 4),
+            "purity": round(float(hit / max(1, real.sum())), 4), "recall": round(float(rec / max(1, real.sum())), 4),
             "cross_video_pair_recall": round(same / max(1, tot), 4), "cross_video_pairs": tot}
 
 
