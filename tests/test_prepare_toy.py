@@ -105,6 +105,11 @@ def test_rerun_resumes_and_a_missing_caption_drops_the_clip(prepared):
     nocmd = Preparer(replace(cfg, caption_command=None), log=lambda *a: None).run(videos, out)
     assert nocmd["dropped"].get("no_caption", 0) == n_cmd > 0
     assert all(e["caption"] != CMD_CAPTION for e in _manifest(out))
+    short = Preparer(replace(cfg, frames=5), log=lambda *a: None).run(videos, out)   # another clip length:
+    assert short["videos"]["reused_analysis"] == 2                   # same analysis, new files, none reused
+    names = {e["video"] for e in _manifest(out)}
+    assert names and not names & {e["video"] for e in map(json.loads, before.splitlines())}
+    assert all(read_video(out / n)[0].shape[0] == 5 for n in names)
     Preparer(cfg, log=lambda *a: None).run(videos, out)              # leave the folder as the other tests expect
     assert (out / "manifest.jsonl").read_text() == before
 

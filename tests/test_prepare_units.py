@@ -9,6 +9,7 @@ import pytest
 from moca_model.prepare import captions as C
 from moca_model.prepare.extract import crop_region, face_mask, frame_motion, photo_crop
 from moca_model.prepare.identities import cluster_tracks, thresholds_for
+from moca_model.prepare.pipeline import cannot_link
 from moca_model.prepare.references import Photo, choose_references
 from moca_model.prepare.selection import ClipWindow, QualityFilters, failed_filters, window_indices
 from moca_model.prepare.shots import boundary_f1, detect_cuts, shots_from_cuts
@@ -207,3 +208,14 @@ def test_tracker_rejoins_a_split_that_was_a_passing_dip():
     for t, e in enumerate(seq):
         plain.step(t, [_face(10, e)])
     assert plain.splits == 3 and len(plain.finish()) == 3              # the 1-frame dip track is too short to keep
+
+
+def test_cannot_link_pairs_tracks_sharing_frames_of_one_shot():
+    def track(shot, a, b):
+        t = ShotTracker(shot=shot, split_sim=0.5)
+        for f in range(a, b + 1):
+            t.step(f, [_face(10, np.eye(8)[0])])
+        return t.finish()[0]
+    tracks = [("v1", 0, track(0, 0, 9)), ("v1", 1, track(0, 5, 12)), ("v1", 2, track(0, 10, 14)),
+              ("v1", 3, track(1, 0, 9)), ("v2", 0, track(0, 0, 9))]
+    assert cannot_link(tracks) == [(0, 1), (1, 2)]
