@@ -249,12 +249,14 @@ class Preparer:
             for p in track_photos(key, k, tr, cfg.filters, cfg.photos_per_track, tag=tags[key]):
                 p.identity = identity[(key, k)]
                 photos.append(p)
-        dropped = {}
-        kept = []
+        dropped, kept, by_identity = {}, [], {}
+        for p in photos:
+            by_identity.setdefault(p.identity, []).append(p)
         for w in windows:
             if w.failed:
                 continue
-            chosen, why = choose_references(w, photos, cfg.refs, th["ref_min"], th["ref_max"], cfg.same_shot)
+            chosen, why = choose_references(w, by_identity.get(w.identity, []), cfg.refs, th["ref_min"],
+                                            th["ref_max"], cfg.same_shot)
             if not chosen:
                 w.failed.append(f"no_reference:{why}")
                 continue
