@@ -2,6 +2,7 @@
 references and captions checked against the truth; resume; a broken file listed and skipped; the manifest
 accepted by `train_moca.py cache` (a tiny pooling VAE stands in for Wan's) and its shards readable."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -156,6 +157,15 @@ def test_manifest_goes_through_cache_into_readable_shards(prepared, tmp_path):
         assert s["face_mask"].shape == (3, 16, 16) and 0.05 < float(s["face_mask"].mean()) < 0.6
         assert s["arcface"].shape[-1] == 512 and s["arcface"].reshape(-1, 512).shape[0] == len(e["reference"])
         assert s["caption"] == e["caption"]
+    # ... and the trainer trains on those shards (tiny model; the shards' recogniser goes into its state)
+    from moca_model.training.synthetic import tiny_train_config
+    from moca_model.training.trainer import Trainer
+    cache = tmp_path / "cache"
+    run = tiny_train_config(tmp_path / "run", cache, data={"batch_size": 2}, optim={"max_steps": 2},
+                            objective={"empty_text": str(cache / "empty_text.safetensors")})
+    t = Trainer(run, device="cpu", log=lambda *a: None)
+    losses = t.fit()["losses"]
+    assert t.step == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
 def test_train_moca_dispatches_prepare(capsys):
