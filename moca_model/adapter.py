@@ -51,6 +51,6 @@ def live_adapter(model, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in adapter.layers:
-            for p in (layer.out.weight, layer.router.proj_x.weight):
+            for p in (layer.out.weight,) + (() if layer.single else (layer.router.proj_x.weight,)):
                 p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
     return model

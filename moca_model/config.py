@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 
 WHOLE_CLIP = 0  # the temporal scale that pools the whole clip (T frames) into one window
+IDENTITY_ATTENTION = ("moca", "single")  # MoCA's TACA experts + HTP + router | one plain cross-attention
+SUMMARY_SOURCES = ("video", "query")     # window summaries from the video tokens | from the projected queries
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class MoCAConfig:
     resampler_depth: int = 2
     face_latent_channels: int = 16
     router_use_time: bool = True          # router sees the diffusion time embedding
+    # --- variants (moca_model/variants.py); the defaults are MoCA as designed, and files without these
+    # fields (written before they existed) load as that ---
+    identity_attention: str = "moca"      # "moca": HTP + TACA experts + router; "single": one plain
+    #                                       cross-attention on the identity tokens per block (scales must be (1,))
+    expert_kv_rank: int = 0               # 0: each expert owns its K/V projection; r > 0: one shared K/V
+    #                                       projection plus a rank-r correction per expert (lean MoCA)
+    summary_source: str = "video"         # window summaries projected from the video tokens ("video", a
+    #                                       D -> D_id projection) or from the pooled queries ("query": a -> D_id)
 
     def __post_init__(self):
         # JSON round-trips give lists; keep tuples so configs stay hashable and comparable.
@@ -52,6 +62,15 @@ class MoCAConfig:
         if self.num_global_tokens < 0 or self.num_local_tokens < 0 or \
                 self.num_global_tokens + self.num_local_tokens == 0:
             problems.append("need at least one identity token (num_global_tokens + num_local_tokens > 0)")
+        if self.identity_attention not in IDENTITY_ATTENTION:
+            problems.append(f"identity_attention={self.identity_attention!r} is not a known kind "
+                            f"{IDENTITY_ATTENTION} (a file of a newer MoCA version? update the node pack)")
+        elif self.identity_attention == "single" and self.scales != (1,):
+            problems.append(f"identity_attention='single' has no temporal pooling: set scales=(1,), not {self.scales}")
+        if self.summary_source not in SUMMARY_SOURCES:
+            problems.append(f"summary_source={self.summary_source!r} is not one of {SUMMARY_SOURCES}")
+        if self.expert_kv_rank < 0:
+            problems.append(f"expert_kv_rank={self.expert_kv_rank} must be >= 0 (0 = a full K/V per expert)")
         if problems:
             raise ValueError("Invalid MoCAConfig: " + "; ".join(problems))
 
@@ -81,7 +100,13 @@ class MoCAConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """All fields, except variant fields at their defaults: MoCA as designed writes the same header as
+        before those fields existed, so older readers still load it."""
+        d = dataclasses.asdict(self)
+        for name in VARIANT_FIELDS:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -103,6 +128,9 @@ class MoCAConfig:
                  "freq_dim", "patch_size", "qk_norm", "cross_attn_norm", "eps")
         return {n: getattr(self, n) for n in names}
 
+
+VARIANT_FIELDS = ("identity_attention", "expert_kv_rank", "summary_source")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MoCAConfig)}
 
 PRESETS: dict[str, MoCAConfig] = {
     # dim 256 with 2 heads keeps Wan's head width of 128, so ComfyUI (num_heads = dim // 128) loads it.

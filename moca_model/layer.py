@@ -3,6 +3,10 @@
 Host-neutral: it uses only what a native Wan block receives (tokens `x`, the block's time modulation
 `vec`) plus the identity tokens and the latent grid (T, h, w). The same code runs in `MoCADiT` and inside
 ComfyUI's `patches_replace["dit"]` block patch.
+
+With `config.identity_attention = "single"` (the benchmark's baseline, `identity_xattn.py`) the layer holds one
+plain identity cross-attention instead of HTP + experts + router; the residual form and the zero-init output
+projection stay.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch.nn as nn
 
 from .config import MoCAConfig
 from .htp import HierarchicalTemporalPooling
+from .identity_xattn import IdentityCrossAttention
 from .options import ResolvedOptions
 from .router import MoCARouter
 from .taca import TemporalAwareCrossAttention
@@ -21,14 +26,21 @@ class MoCALayer(nn.Module):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.norm = operations.LayerNorm(config.dim, config.eps, elementwise_affine=False, **kw)
-        self.htp = HierarchicalTemporalPooling(config.scales)
-        self.experts = TemporalAwareCrossAttention(config, operations, **kw)
-        self.router = MoCARouter(config.dim, config.num_experts, config.router_use_time, operations, **kw)
+        self.single = config.identity_attention == "single"
+        if self.single:
+            self.attn = IdentityCrossAttention(config, operations, **kw)
+        else:
+            self.htp = HierarchicalTemporalPooling(config.scales)
+            self.experts = TemporalAwareCrossAttention(config, operations, **kw)
+            self.router = MoCARouter(config.dim, config.num_experts, config.router_use_time, operations, **kw)
         self.out = operations.Linear(config.moca_dim, config.dim, **kw)               # zero-init
 
     def init_weights(self):
-        self.experts.init_weights()
-        self.router.init_weights()
+        if self.single:
+            self.attn.init_weights()
+        else:
+            self.experts.init_weights()
+            self.router.init_weights()
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -47,6 +59,8 @@ class MoCALayer(nn.Module):
             vec = vec.unsqueeze(1)
 
         xn = self.norm(x)                                                              # [B, L, D]
+        if self.single:
+            return self.out(self.attn(xn, identity)) * opts.strength
         plan = self.htp.plan(T, opts.experts, x.device)
         y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, Tq, N, a]
         r = self.router(xn, vec, opts, plan).to(y.dtype)                               # [B, L, E_on]

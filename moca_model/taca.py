@@ -11,6 +11,12 @@ Every window of one expert attends to the same keys [identity tokens ; the summa
 so an expert is one attention call over all its windows' tokens. The experts run in a plain loop: it
 measured as fast as batching every window of every expert into one padded, masked call
 (scripts/bench_taca.py), which also spent work on the padding.
+
+Lean MoCA (moca_model/variants.py) changes two things, both config fields that default to the design above:
+`expert_kv_rank = r > 0` gives the experts one shared K/V projection plus a rank-r correction each
+(`kv_down` shared, `kv_up.e` per expert, zero-init), and `summary_source = "query"` makes each window summary
+from the window's pooled, projected queries (mean over N, then a -> D_id) instead of a D -> D_id projection
+of the video tokens.
 """
 from __future__ import annotations
 
@@ -32,18 +38,29 @@ class TemporalAwareCrossAttention(nn.Module):
         kw = dict(device=device, dtype=dtype)
         self.num_experts, self.heads, self.inner = c.num_experts, c.moca_heads, c.moca_dim
         self.q = operations.Linear(c.dim, c.moca_dim, **kw)                         # shared query projection
-        self.kv = operations.Linear(c.id_dim, c.num_experts * 2 * c.moca_dim, **kw)  # per-expert K and V
+        self.rank = c.expert_kv_rank
+        if self.rank:                                                                # lean: shared K/V + rank r
+            self.kv = operations.Linear(c.id_dim, 2 * c.moca_dim, **kw)
+            self.kv_down = operations.Linear(c.id_dim, c.num_experts * self.rank, bias=False, **kw)
+            self.kv_up = nn.ModuleList(operations.Linear(self.rank, 2 * c.moca_dim, bias=False, **kw)
+                                       for _ in range(c.num_experts))
+        else:
+            self.kv = operations.Linear(c.id_dim, c.num_experts * 2 * c.moca_dim, **kw)  # per-expert K and V
         self.norm_q = rms_norm_class(operations)(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
         self.norm_k = rms_norm_class(operations)(c.moca_dim, eps=c.eps, elementwise_affine=True, **kw)
         self.frame_embed = operations.Linear(TIME_FREQ_DIM, c.moca_dim, **kw)        # window centre -> query
         self.scale_embed = nn.Parameter(torch.empty(c.num_experts, c.moca_dim, **kw))
-        self.summary_proj = operations.Linear(c.dim, c.id_dim, **kw)                 # window summary -> token
+        self.summary_from_query = c.summary_source == "query"
+        self.summary_proj = operations.Linear(c.moca_dim if self.summary_from_query else c.dim, c.id_dim, **kw)
         self.summary_time = operations.Linear(TIME_FREQ_DIM, c.id_dim, **kw)
 
     def init_weights(self):
         nn.init.normal_(self.scale_embed, std=0.02)
         nn.init.ones_(self.norm_q.weight)
         nn.init.ones_(self.norm_k.weight)
+        if self.rank:
+            for up in self.kv_up:                       # every expert starts from the shared K/V
+                nn.init.zeros_(up.weight)
 
     def forward(self, xn: torch.Tensor, identity: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
         """xn [B, T, N, D] normalised video tokens; identity [B, M, D_id].
@@ -54,23 +71,44 @@ class TemporalAwareCrossAttention(nn.Module):
         # Queries of every window of every expert: project once, pool all scales in one einsum.
         q = HierarchicalTemporalPooling.pool(self.q(xn), plan) + self.frame_embed(time)[:, None]   # [B, Tq, N, a]
         # One summary token per window: the mean of its tokens, projected, plus its centre frame.
-        summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)            # [B, Tq, D]
+        if self.summary_from_query:                                                 # lean: from the pooled queries
+            summary = q.mean(dim=2)                                                 # [B, Tq, a]
+        else:
+            summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)        # [B, Tq, D]
         summary = self.summary_proj(summary) + self.summary_time(time)              # [B, Tq, D_id]
-        # Every expert's K and V of the identity tokens and the summaries, one projection each (through the
-        # host's casting Linear); expert e uses its slice.
-        kv_id = self.kv(identity.to(xn.dtype)).unflatten(-1, (-1, 2 * a))           # [B, M, E, 2a]
-        kv_sum = self.kv(summary).unflatten(-1, (-1, 2 * a))                        # [B, Tq, E, 2a]
+        kv_id, kv_sum = self.expert_kv(identity.to(xn.dtype), summary, plan)       # [B, M|Tq, E_on, 2a]
         scale_embed = self.scale_embed.to(device=xn.device, dtype=xn.dtype)
 
         def heads(t):                                                # [B, L, a] -> [B, H, L, a/H]
             return t.unflatten(-1, (H, a // H)).transpose(1, 2)
 
         out = []
-        for e, (start, stop) in zip(plan.experts, plan.rows):
+        for slot, (e, (start, stop)) in enumerate(zip(plan.experts, plan.rows)):
             W = stop - start                                                         # windows of this expert
             q_e = self.norm_q(q[:, start:stop] + scale_embed[e])                     # [B, W, N, a]
-            kv = torch.cat([kv_id[:, :, e], kv_sum[:, start:stop, e]], dim=1)         # [B, M+W, 2a]
+            kv = torch.cat([kv_id[:, :, slot], kv_sum[:, start:stop, slot]], dim=1)   # [B, M+W, 2a]
             k, v = kv.chunk(2, dim=-1)                                               # [B, M+W, a] each
             o = F.scaled_dot_product_attention(heads(q_e.reshape(B, W * N, a)), heads(self.norm_k(k)), heads(v))
             out.append(o.transpose(1, 2).reshape(B, W, N, a))
         return torch.cat(out, dim=1)                                                 # [B, Tq, N, a]
+
+    def expert_kv(self, identity: torch.Tensor, summary: torch.Tensor, plan: WindowPlan):
+        """K and V of the identity tokens [B, M, D_id] and the window summaries [B, Tq, D_id] for every enabled
+        expert, one projection each (through the host's casting Linear): ([B, M, E_on, 2a], [B, Tq, E_on, 2a])."""
+        a2 = 2 * self.inner
+        if not self.rank:
+            kv_id = self.kv(identity).unflatten(-1, (-1, a2))                        # [B, M, E, 2a]
+            kv_sum = self.kv(summary).unflatten(-1, (-1, a2))                        # [B, Tq, E, 2a]
+            if plan.experts != tuple(range(self.num_experts)):
+                kv_id, kv_sum = kv_id[:, :, list(plan.experts)], kv_sum[:, :, list(plan.experts)]
+            return kv_id, kv_sum
+        # lean: shared K/V + each expert's rank-r correction (on its own windows' summaries only)
+        shared_id, shared_sum = self.kv(identity), self.kv(summary)                  # [B, M|Tq, 2a]
+        low_id = self.kv_down(identity).unflatten(-1, (-1, self.rank))               # [B, M, E, r]
+        low_sum = self.kv_down(summary).unflatten(-1, (-1, self.rank))               # [B, Tq, E, r]
+        kv_id, kv_sum = [], torch.zeros(*summary.shape[:2], len(plan.experts), a2, device=summary.device,
+                                        dtype=shared_sum.dtype)
+        for slot, (e, (start, stop)) in enumerate(zip(plan.experts, plan.rows)):
+            kv_id.append(shared_id + self.kv_up[e](low_id[:, :, e]))
+            kv_sum[:, start:stop, slot] = shared_sum[:, start:stop] + self.kv_up[e](low_sum[:, start:stop, e])
+        return torch.stack(kv_id, dim=2), kv_sum
