@@ -36,16 +36,27 @@ def moca_flops(config: MoCAConfig, grid, num_id_tokens: int | None = None) -> fl
     T, h, w = grid
     N, L, D, a, d, E = h * w, T * h * w, c.dim, c.moca_dim, c.id_dim, c.num_experts
     M = c.num_id_tokens if num_id_tokens is None else num_id_tokens
+    if c.identity_attention == "single":                   # one plain cross-attention (identity_xattn.py)
+        per_layer = 2 * L * D * a + 2 * M * d * 2 * a + 4 * L * M * a + 2 * L * a * D
+        return c.num_layers * per_layer
     windows = [1 if s == WHOLE_CLIP else math.ceil(T / s) for s in c.scales]   # the whole clip is one window
     Tq = sum(windows)
+    if c.summary_source == "query":                         # lean: summaries from the pooled queries (a -> d)
+        summaries = 2 * Tq * a * d
+    else:                                                   # pool the frame summaries, then D -> d
+        summaries = 2 * Tq * T * D + 2 * Tq * D * d
+    r = c.expert_kv_rank
+    if r:                                                   # lean: shared K/V + each expert's rank-r correction
+        kv = 2 * (M + Tq) * d * 2 * a + 2 * (M + Tq) * d * E * r + sum(2 * (M + W) * r * 2 * a for W in windows)
+    else:
+        kv = 2 * (M + Tq) * d * E * 2 * a                   # per-expert K and V
     per_layer = (2 * L * D * a             # shared Q projection (once, before pooling)
                  + 2 * Tq * T * N * a      # pooling every scale (one einsum over time)
-                 + 2 * Tq * T * D          # pooling the frame summaries
                  + 2 * Tq * TIME_FREQ_DIM * (a + d)   # window-centre embeddings (queries, summaries)
                  + 2 * L * D * E           # router: LN(x) per token
                  + 2 * D * E               # router: time projection, once per sample (Wan 2.1's vec)
-                 + 2 * Tq * D * d          # window summaries -> tokens
-                 + 2 * (M + Tq) * d * E * 2 * a   # per-expert K and V
+                 + summaries               # window summaries -> tokens
+                 + kv
                  + sum(4 * W * N * (M + W) * a for W in windows)   # attention: each expert's windows, M + W keys
                  + 2 * E * L * a           # router mix
                  + 2 * L * a * D)          # output projection

@@ -167,3 +167,22 @@ def test_unknown_variant_and_invalid_fields_are_named(tmp_path):
     save_file(load_file(str(path)), str(tmp_path / "b.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="perceiver.*update the node pack"):
         read_moca(tmp_path / "b.safetensors")
+
+
+@pytest.mark.parametrize("variant,T", [("single_xattn", 5), ("lean", 5), ("lean", 8), ("clip_scale", 7)])
+@torch.no_grad()
+def test_variant_flops_equal_the_layers_counted_flops(variant, T):
+    """moca_flops of a variant against torch's FLOP counter on one layer (as tests/test_core_flops.py does for
+    MoCA as designed; the router mix is an elementwise multiply-add the counter does not see)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from moca_model.flops import moca_flops
+    cfg = variant_config(variant, "tiny", num_layers=1)
+    layer = MoCALayer(cfg).eval()
+    h, w, M = 4, 6, cfg.num_id_tokens
+    x, vec, ident = torch.randn(1, T * h * w, cfg.dim), torch.randn(1, 1, 6, cfg.dim), torch.randn(1, M, cfg.id_dim)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        layer(x, vec, ident, (T, h, w), MoCAOptions().resolve(cfg))
+    router_mix = 0 if variant == "single_xattn" else 2 * cfg.num_experts * T * h * w * cfg.moca_dim
+    assert counter.get_total_flops() == moca_flops(cfg, (T, h, w), M) - router_mix
