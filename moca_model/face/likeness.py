@@ -1,6 +1,9 @@
 """Likeness score: ArcFace cosine similarity of each video frame's face to an identity.
 
 Frames without a face are reported as such (``None``) and left out of the statistics - never scored 0.
+Identity stability over time is the spread (std) of the per-frame scores and their drift (first quarter
+minus last quarter of the clip): ``spread`` / ``drift`` here, shared with the toy benchmark
+(``moca_model.toy.metrics``), so a number means the same on Wan videos and on toy clips.
 """
 from __future__ import annotations
 
@@ -18,6 +21,22 @@ from .threads import single_thread
 LIKENESS_SELECT = ("largest", "best")
 
 
+def spread(values) -> float:
+    """Standard deviation of per-frame scores (lower = steadier identity); 0 for fewer than 2 values."""
+    v = np.asarray(values, np.float64)
+    return float(v.std()) if v.size >= 2 else 0.0
+
+
+def drift(values) -> float:
+    """Mean of the first quarter of ``values`` minus the mean of the last quarter (at least one value each;
+    0 for fewer than 2 values). Positive when the score falls over the clip."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
+        return 0.0
+    q = max(1, v.size // 4)
+    return float(v[:q].mean() - v[-q:].mean())
+
+
 @dataclass
 class LikenessReport:
     """Per-frame cosine similarity (``None`` = no face) and statistics over the frames with a face."""
@@ -31,8 +50,21 @@ class LikenessReport:
     no_face_frames: list = field(default_factory=list)
     boxes: list = field(default_factory=list)  # [x1, y1, x2, y2] | None per frame
 
+    @property
+    def stability(self) -> float | None:
+        """Spread (std) of the scores of the frames with a face (None when no frame has one)."""
+        vals = [s for s in self.scores if s is not None]
+        return spread(vals) if vals else None
+
+    @property
+    def drift(self) -> float | None:
+        """First-quarter minus last-quarter mean over the frames with a face, in frame order (None: no face)."""
+        vals = [s for s in self.scores if s is not None]
+        return drift(vals) if vals else None
+
     def as_dict(self) -> dict:
         return {"scores": self.scores, "mean": self.mean, "min": self.min, "p10": self.p10,
+                "stability": self.stability, "drift": self.drift,
                 "n_frames": self.n_frames, "n_no_face": self.n_no_face, "no_face_frames": self.no_face_frames}
 
     def __getitem__(self, key):  # dict-style access for callers that prefer it
@@ -47,7 +79,7 @@ class LikenessReport:
         if scored == 0:
             return f"likeness: no face found in any of the {self.n_frames} frames"
         s = (f"likeness: mean {self.mean:.3f}, min {self.min:.3f}, p10 {self.p10:.3f} over {scored}/{self.n_frames} "
-             f"frames with a face")
+             f"frames with a face; spread {self.stability:.3f}, drift {self.drift:+.3f} (first vs last quarter)")
         if self.n_no_face:
             shown = ", ".join(map(str, self.no_face_frames[:12])) + (" ..." if self.n_no_face > 12 else "")
             s += f"; no face in {self.n_no_face} frame(s): {shown}"

@@ -194,9 +194,9 @@ def make_clip(person_seed: int, clip_seed: int, size: int = FRAME_SIZE, num_fram
                 faces, [[p] for p in spec.poses], spec.direction)
 
 
-def make_reference(person_seed: int, ref_seed: int, size: int = REF_SIZE) -> Render:
-    """A photo of the same person: near-frontal pose, another expression, background, lighting and shirt
-    than ``make_clip(person_seed, ref_seed)`` (never one of its frames)."""
+def _reference_draws(person_seed: int, ref_seed: int):
+    """(background, lighting, shirt index, rng) of ``make_reference(person_seed, ref_seed)``; the rng continues
+    with the pose draws."""
     spec = clip_spec(person_seed, ref_seed)
     rng = rng_for(REF_STREAM, person_seed, ref_seed)
     bgs = [b for b in BACKGROUNDS if b != spec.background]
@@ -205,6 +205,20 @@ def make_reference(person_seed: int, ref_seed: int, size: int = REF_SIZE) -> Ren
     background = bgs[int(rng.integers(len(bgs)))]
     lighting = lights[int(rng.integers(len(lights)))]
     shirt = shirts[int(rng.integers(len(shirts)))]
+    return background, lighting, shirt, rng
+
+
+def reference_scene(person_seed: int, ref_seed: int) -> dict:
+    """{"background", "lighting"} of ``make_reference(person_seed, ref_seed)`` without rendering it (what a
+    video that copies the reference's scene would show: the benchmark's copy-paste measure)."""
+    background, lighting, _, _ = _reference_draws(person_seed, ref_seed)
+    return {"background": background, "lighting": lighting}
+
+
+def make_reference(person_seed: int, ref_seed: int, size: int = REF_SIZE) -> Render:
+    """A photo of the same person: near-frontal pose, another expression, background, lighting and shirt
+    than ``make_clip(person_seed, ref_seed)`` (never one of its frames)."""
+    background, lighting, shirt, rng = _reference_draws(person_seed, ref_seed)
     pose = Pose(yaw=float(np.clip(rng.normal(0, 0.16), -0.4, 0.4)), pitch=rng.uniform(-0.1, 0.1),
                 roll=rng.uniform(-0.1, 0.1), cx=0.5 + rng.uniform(-0.03, 0.03), cy=0.5 + rng.uniform(-0.02, 0.03),
                 scale=rng.uniform(0.42, 0.62), smile=rng.uniform(0, 0.7),

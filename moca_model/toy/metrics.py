@@ -3,10 +3,10 @@
 Everything here takes REAL frames - numpy uint8 ``[T, H, W, 3]``, a ComfyUI IMAGE tensor ``[T, H, W, 3]``
 float 0..1, or anything ``moca_model.face.load_images`` accepts - and any insightface-layout pack, so the
 numbers mean the same on toy clips and on Wan videos. Likeness is the per-frame score of the *MoCA Identity
-Score* node (``moca_model.face.likeness_scores``, called unchanged); this module only summarises it, with
-one difference stated everywhere it matters: a frame in which no face is detected counts as likeness 0
-(and is counted), because a generator that loses the face must not score well by having fewer frames
-scored.
+Score* node (``moca_model.face.likeness_scores``, called unchanged) and its stability (``spread``) and
+``drift`` functions; this module only summarises them, with one difference stated everywhere it matters: a
+frame in which no face is detected counts as likeness 0 (and is counted), because a generator that loses
+the face must not score well by having fewer frames scored.
 
 Likeness is judged by an *evaluation* recogniser independent of the one that conditions the model:
 :func:`eval_analyzer` detects and aligns with a pack's detector and embeds with a separate ArcFace-contract
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from ..face.analyzer import FaceAnalyzer, order_faces
 from ..face.images import load_images
-from ..face.likeness import likeness_scores
+from ..face.likeness import drift, likeness_scores, spread   # noqa: F401  (drift: re-exported)
 from ..face.quality import eye_distance, pose_from_landmarks
 
 FROZEN_FRAME_DIFF = 1.0 / 255.0   # mean |x_t - x_{t-1}| (0..1 units) below which a clip counts as frozen
@@ -125,16 +125,6 @@ class LikenessStats:
         return dataclasses.asdict(self)
 
 
-def drift(values: Sequence[float]) -> float:
-    """Mean of the first quarter of ``values`` minus the mean of the last quarter (at least one frame each;
-    0 for fewer than 2 values). Positive when the score falls over the clip."""
-    v = np.asarray(values, np.float64)
-    if v.size < 2:
-        return 0.0
-    q = max(1, v.size // 4)
-    return float(v[:q].mean() - v[-q:].mean())
-
-
 def likeness_stats(scores: Sequence) -> LikenessStats:
     """Summarise per-frame scores (``None`` = no face, counted as 0)."""
     no_face = [i for i, s in enumerate(scores) if s is None]
@@ -142,7 +132,7 @@ def likeness_stats(scores: Sequence) -> LikenessStats:
     if v.size == 0:
         raise ValueError("likeness_stats: no frames")
     return LikenessStats([float(x) for x in v], float(v.mean()), float(np.percentile(v, 10)), float(v.min()),
-                         float(v.std()), drift(v), int(v.size), len(no_face), no_face)
+                         spread(v), drift(v), int(v.size), len(no_face), no_face)
 
 
 def reference_embedding(analyzer: FaceAnalyzer, reference) -> torch.Tensor:

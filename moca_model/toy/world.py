@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from .clips import (ACTION_PHRASES, ACTIONS, BACKGROUND_PHRASES, CAPTION_VOCAB, FRAME_SIZE, LIGHTING_PHRASES,
                     NUM_FRAMES, REF_SIZE, TWO_PERSON_ACTIONS, Clip, ClipSpec, action_track, caption_for,
-                    caption_tokens, clip_spec, make_clip, make_reference, make_two_person_clip)
+                    caption_tokens, clip_spec, make_clip, make_reference, make_two_person_clip, reference_scene)
 from .people import (EYE_COLOURS, HAIR_COLOURS, HAIR_STYLES, IDENTITY_WORDS, SKIN_TONES, Person, Pose, rng_for)
 from .render import (BACKGROUNDS, LIGHTINGS, PIXEL_CENTER, FaceAnnotation, Render, apply_lighting,
                      background_image, render)
@@ -29,7 +29,7 @@ __all__ = [
     "FRAME_SIZE", "REF_SIZE", "NUM_FRAMES", "TRAIN_IDS", "HELDOUT_IDS", "ACTIONS", "TWO_PERSON_ACTIONS",
     "BACKGROUNDS", "LIGHTINGS", "CAPTION_VOCAB", "IDENTITY_WORDS", "PIXEL_CENTER", "Person", "Pose",
     "FaceAnnotation", "Render", "Clip", "ClipSpec", "render", "make_clip", "make_reference",
-    "make_two_person_clip", "clip_spec", "caption_for", "caption_tokens", "action_track", "apply_lighting",
+    "make_two_person_clip", "reference_scene", "clip_spec", "caption_for", "caption_tokens", "action_track", "apply_lighting",
     "background_image", "contact_sheet", "draw_annotations", "sample_sheet", "rng_for", "HAIR_STYLES",
     "HAIR_COLOURS", "SKIN_TONES", "EYE_COLOURS", "ACTION_PHRASES", "BACKGROUND_PHRASES", "LIGHTING_PHRASES",
 ]
