@@ -74,30 +74,38 @@ def bench_sampler(model, T: int, hw: tuple[int, int], device="cpu", dtype=torch.
             "text_s_per_step": out["text"], "ratio": out["identity"] / out["text"]}
 
 
-def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, memory: bool = True) -> dict:
+def forward_times(model, T: int, hw: tuple[int, int], reps: int, memory: bool = False, text_len: int = 64) -> dict:
+    """Median seconds of one forward with identity vs identity=None (same weights and inputs, runs interleaved,
+    order alternating) at T latent frames of hw latent pixels, on the CPU; with `memory`, peak MB of each."""
+    x, t, ctx, ident = make_inputs(model, T, *hw, "cpu", torch.float32, text_len=text_len)
+    base = lambda: model(x, t, ctx)                                          # noqa: E731
+    moca = lambda: model(x, t, ctx, identity=ident)                          # noqa: E731
+    times = {"base": [], "moca": []}
+    with torch.no_grad():
+        base(), moca()                                                       # warm-up
+        for r in range(reps):
+            order = (("base", base), ("moca", moca)) if r % 2 == 0 else (("moca", moca), ("base", base))
+            for name, fn in order:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        peaks = {k: cpu_peak_bytes(fn) for k, fn in (("base", base), ("moca", moca))} if memory else {}
+    b, m = statistics.median(times["base"]), statistics.median(times["moca"])
+    return {"base_s": b, "moca_s": m, "ratio": m / b,
+            "base_peak_mb": peaks.get("base", 0) / 2**20, "moca_peak_mb": peaks.get("moca", 0) / 2**20}
+
+
+def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, memory: bool = True,
+              config: MoCAConfig | None = None) -> dict:
+    """`config`: another MoCAConfig than the preset's (a variant, moca_model/variants.py)."""
     torch.manual_seed(0)
-    model = MoCADiT(MoCAConfig.preset(preset)).eval()
+    model = MoCADiT(config or MoCAConfig.preset(preset)).eval()
     live_adapter(model)
     rows = []
     for T in frames:
-        x, t, ctx, ident = make_inputs(model, T, *hw, "cpu", torch.float32)
-        base = lambda: model(x, t, ctx)                                      # noqa: E731
-        moca = lambda: model(x, t, ctx, identity=ident)                      # noqa: E731
-        times = {"base": [], "moca": []}
-        with torch.no_grad():
-            base(), moca()                                                   # warm-up
-            for r in range(reps):                                            # interleaved, order alternating
-                order = (("base", base), ("moca", moca)) if r % 2 == 0 else (("moca", moca), ("base", base))
-                for name, fn in order:
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-            peaks = {k: cpu_peak_bytes(fn) for k, fn in (("base", base), ("moca", moca))} if memory else {}
         g = latent_grid(4 * T - 3, hw[0] * 8, hw[1] * 8, model.config)
-        b, m = statistics.median(times["base"]), statistics.median(times["moca"])
         rows.append({"latent_frames": T, "video_frames": 4 * T - 3, "tokens": g[0] * g[1] * g[2],
-                     "base_s": b, "moca_s": m, "ratio": m / b,
-                     "base_peak_mb": peaks.get("base", 0) / 2**20, "moca_peak_mb": peaks.get("moca", 0) / 2**20})
+                     **forward_times(model, T, hw, reps, memory)})
     share = model.num_parameters("adapter") / model.num_parameters()
     with torch.no_grad():
         sampler = bench_sampler(model, frames[len(frames) // 2], hw, reps=reps)

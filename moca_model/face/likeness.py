@@ -106,13 +106,14 @@ def reference_embedding(identity) -> torch.Tensor:
 
 def likeness_scores(analyzer, frames, identity, select: str = "largest",
                     det_size: int | None = None, det_thresh: float | None = None, fallback: bool = False,
-                    batch_size: int = 32) -> LikenessReport:
+                    batch_size: int = 32, detections=None) -> LikenessReport:
     """Score every frame of ``frames`` (IMAGE [N, H, W, 3], or anything ``load_images`` accepts).
 
     select: ``largest`` face per frame (default) or ``best`` (the face most similar to the identity).
     ``identity``: a FaceIdentity or MoCAIdentity (its fused ArcFace embedding is the reference) or that
     embedding itself, a [512] tensor. ``fallback`` retries smaller detector sizes on frames without a face
-    (slower; off by default because generated frames are usually face-sized).
+    (slower; off by default because generated frames are usually face-sized). ``detections``: the frames' faces
+    when the caller has detected them already (per frame a ``Detection`` or None; ``select="largest"`` only).
     """
     select = str(select).lower()
     if select not in LIKENESS_SELECT:
@@ -120,8 +121,13 @@ def likeness_scores(analyzer, frames, identity, select: str = "largest",
     loaded = load_images(frames)
     ref = reference_embedding(identity).float().cpu()
     ref = ref / ref.norm().clamp_min(1e-12)
+    if detections is not None and (select != "largest" or len(detections) != len(loaded)):
+        raise FaceOptionError(f"detections: need one entry per frame ({len(loaded)}) and select='largest'")
     cand = []  # (frame, kps [5, 2], box)
-    for img in loaded:
+    for i, img in enumerate(loaded):
+        if detections is not None:
+            cand.append([] if detections[i] is None else [detections[i]])
+            continue
         faces, _ = analyzer.detect_loaded(img, det_size, det_thresh, fallback)
         faces = order_faces(faces, "largest") if select == "largest" else faces
         cand.append(faces[:1] if select == "largest" else faces)

@@ -156,12 +156,13 @@ def reference_embedding(analyzer: FaceAnalyzer, reference) -> torch.Tensor:
 
 
 def likeness(analyzer: FaceAnalyzer, frames, reference, select: str = "largest", det_size: int | None = None,
-             det_thresh: float | None = None) -> LikenessStats:
+             det_thresh: float | None = None, detections: Sequence | None = None) -> LikenessStats:
     """Per-frame likeness of ``frames`` to ``reference`` (see :func:`reference_embedding`) with the scorer
-    of *MoCA Identity Score*, summarised by :func:`likeness_stats` (no face = 0)."""
+    of *MoCA Identity Score*, summarised by :func:`likeness_stats` (no face = 0). ``detections``: the frames'
+    largest faces from :func:`detect_frames`, when already made (the detector then runs once per frame)."""
     ref = reference_embedding(analyzer, reference)
     rep = likeness_scores(analyzer, frames, SimpleNamespace(embedding=ref), select=select, det_size=det_size,
-                          det_thresh=det_thresh)
+                          det_thresh=det_thresh, detections=detections)
     return likeness_stats(rep.scores)
 
 
@@ -396,7 +397,7 @@ def clip_metrics(analyzer: FaceAnalyzer, frames, reference, other_reference=None
     reference_kps: the reference face's landmarks (detected in ``reference`` when not given);
     other_reference / baseline_kps: see :func:`pixel_copy` / :func:`pose_copy`."""
     dets = detect_frames(analyzer, frames)
-    out = {"likeness": likeness(analyzer, frames, reference).as_dict(), "motion": motion(frames, dets)}
+    out = {"likeness": likeness(analyzer, frames, reference, detections=dets).as_dict(), "motion": motion(frames, dets)}
     out["pixel_copy"] = pixel_copy(analyzer, frames, reference, dets, other_reference)
     if reference_kps is None:
         rd = _detect_loaded(analyzer, load_images(reference), fallback=True)
