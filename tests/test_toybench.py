@@ -190,3 +190,39 @@ def test_quick_end_to_end(stand_ins, capsys):
     assert TB.main(args + ["--no-costs"]) == 0
     assert items[0].stat().st_mtime_ns == mtime
     assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
+
+
+def test_train_all_skips_finished_and_resumes(tmp_path, capsys):
+    """--train-all on tiny synthetic shards of the toy clip's shapes and a random toy-preset backbone: trains the
+    named variants through train_moca.py, skips them when up to date, and resumes one from its checkpoint when
+    its budget grows."""
+    from safetensors.torch import save_file
+
+    from moca_model import MoCAConfig, MoCADiT, read_moca, save_wan_checkpoint
+    from moca_model.training.synthetic import make_synthetic_shards
+    from moca_model.variants import variant_config
+    from moca_model.wan_vae import WanVAE
+    torch.manual_seed(0)
+    save_wan_checkpoint(tmp_path / "backbone.safetensors", MoCADiT(MoCAConfig.preset("toy")))
+    save_file({k: v.contiguous() for k, v in WanVAE(dim=4).state_dict().items()}, str(tmp_path / "vae.safetensors"))
+    cache = tmp_path / "cache"
+    make_synthetic_shards(cache, num_samples=8, per_shard=8, frames=5, height=16, width=16, text_tokens=32,
+                          face_size=16)
+    save_file({"text": torch.zeros(32, 4096)}, str(cache / "empty_text.safetensors"))
+    out = tmp_path / "out"
+    args = ["single_xattn", "lean", "--train-all", "--train-only", "--out", str(out), "--cache", str(cache),
+            "--backbone", str(tmp_path / "backbone.safetensors"), "--vae", str(tmp_path / "vae.safetensors"),
+            "--procs", "2", "--train-steps", "1"]
+    assert TB.main(args) == 0
+    for v in ("single_xattn", "lean"):
+        f = read_moca(TB.adapter_path(out, v))
+        assert f.config == variant_config(v, "toy") and f.metadata["steps"] == "1"
+    assert not (out / "moca").exists()
+    capsys.readouterr()
+    assert TB.main(args) == 0
+    assert capsys.readouterr().out.count("trained (up to date)") == 2
+    assert TB.main(args[:1] + args[2:-1] + ["2"]) == 0                   # a bigger budget for single_xattn only
+    log = (out / "single_xattn" / "train.log").read_text()
+    assert "resumed from" in log and "at step 1" in log
+    assert read_moca(TB.adapter_path(out, "single_xattn")).metadata["steps"] == "2"
+    assert read_moca(TB.adapter_path(out, "lean")).metadata["steps"] == "1"

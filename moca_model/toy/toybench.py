@@ -342,8 +342,8 @@ def train_args(variant: str, out: Path, a) -> list[str]:
     return ["--config", str(config_path(variant)), "--resume", "--device", "cpu", "--set", *sets]
 
 
-def train_all(a, out: Path, log=print) -> dict:
-    """Train every variant not finished yet (a finished one has its exported adapter and a stamp of the same
+def train_all(a, out: Path, variants=TRAINED, log=print) -> dict:
+    """Train every variant (of `variants`) not finished yet (a finished one has its exported adapter and a stamp of the same
     settings), `--procs` at a time, each resuming its own checkpoints. Returns {variant: seconds}."""
     if not (Path(a.cache) / "empty_text.safetensors").is_file():
         raise SystemExit(f"toybench --train-all: no toy cache shards in {a.cache}; make them with "
@@ -352,7 +352,7 @@ def train_all(a, out: Path, log=print) -> dict:
         if not Path(p).is_file():
             raise SystemExit(f"toybench --train-all: the toy {what} {p} is missing (`make toy`, or --{what})")
     todo, done = [], {}
-    for v in TRAINED:
+    for v in variants:
         stamp = out / v / "toybench_stamp.json"
         want = _digest(train_args(v, out, a), config_path(v), Path(a.backbone))
         if adapter_path(out, v).is_file() and stamp.is_file() and json.loads(stamp.read_text())["digest"] == want:
@@ -441,8 +441,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=None, choices=range(1, len(PROMPT_SEEDS) + 1))
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the toy pipeline's 20)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-all", action="store_true", help="first train every variant that is not trained yet "
-                    "(resumable), then benchmark all of them")
+    ap.add_argument("--train-all", action="store_true", help="first train every variant (or those named) that is "
+                    "not trained yet (resumable), then benchmark them")
+    ap.add_argument("--train-only", action="store_true", help="with --train-all: stop after training")
     ap.add_argument("--estimate", action="store_true", help="only measure each variant's training step time and "
                     "print the expected CPU time of --train-all")
     ap.add_argument("--procs", type=int, default=1, help="variants trained at once (one thread each)")
@@ -475,7 +476,9 @@ def main(argv=None) -> int:
               f"evaluation {est['eval_s'] / 3600:.1f} h ({people} people x {prompts} prompts x {len(VARIANTS)} "
               f"variants at ~{VIDEO_S:.1f} s per video); total {est['total_s'] / 3600:.1f} h")
         return 0
-    trained = train_all(a, out) if a.train_all else {}
+    trained = train_all(a, out, [v for v in (a.adapters or TRAINED) if v in TRAINED]) if a.train_all else {}
+    if a.train_only:
+        return 0
     chosen = resolve(a.adapters or list(VARIANTS), out)
     models = Models(a)
     results, rows = {}, {}
