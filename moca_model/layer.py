@@ -59,8 +59,10 @@ class MoCALayer(nn.Module):
             vec = vec.unsqueeze(1)
 
         xn = self.norm(x)                                                              # [B, L, D]
-        if self.single:
-            return self.out(self.attn(xn, identity)) * opts.strength
+        if self.single:                                                                # one "expert": scale 1
+            y = self.attn(xn, identity)                                                # [B, L, a]
+            w = opts.expert_weight[0]                                                  # its gain (Expert Mixing)
+            return self.out(y if w == 1.0 else y * w) * opts.strength
         plan = self.htp.plan(T, opts.experts, x.device)
         y = self.experts(xn.view(B, T, h * w, D), identity, plan)                      # [B, Tq, N, a]
         r = self.router(xn, vec, opts, plan).to(y.dtype)                               # [B, L, E_on]

@@ -100,6 +100,9 @@ def test_single_xattn_is_one_plain_cross_attention():
     att = torch.softmax(q.view(2, -1, H, a // H).transpose(1, 2) @ at.norm_k(k).view(2, -1, H, a // H).transpose(1, 2)
                         .transpose(-1, -2) / (a // H) ** 0.5, -1) @ v.view(2, -1, H, a // H).transpose(1, 2)
     torch.testing.assert_close(out, 0.5 * layer.out(att.transpose(1, 2).reshape(2, -1, a)), rtol=1e-5, atol=1e-5)
+    # its one gain (MoCA Expert Mixing's gain_1) scales the attention output, as an expert's gain does
+    gained = layer(x, torch.zeros(2, 1, 6, cfg.dim), ident, (T, h, w), MoCAOptions(expert_gains=(2.0,)).resolve(cfg))
+    torch.testing.assert_close(gained, layer.out(2 * att.transpose(1, 2).reshape(2, -1, a)), rtol=1e-5, atol=1e-5)
     # every token sees only the identity: a token's output does not depend on the other frames
     x2 = x.clone()
     x2[:, h * w:] += 1.0
