@@ -76,39 +76,28 @@ class TemporalAwareCrossAttention(nn.Module):
         else:
             summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)        # [B, Tq, D]
         summary = self.summary_proj(summary) + self.summary_time(time)              # [B, Tq, D_id]
-        kv_id, kv_sum = self.expert_kv(identity.to(xn.dtype), summary, plan)       # [B, M|Tq, E_on, 2a]
+        # Every expert's K and V of the identity tokens and the summaries, one projection each (through the
+        # host's casting Linear); expert e uses its slice (lean: the shared K/V plus its rank-r correction).
+        kv_id, kv_sum = self.kv(identity.to(xn.dtype)), self.kv(summary)            # [B, M|Tq, E*2a] (lean: 2a)
+        if self.rank:
+            low_id, low_sum = (self.kv_down(t).unflatten(-1, (-1, self.rank)) for t in (identity.to(xn.dtype), summary))
+        else:
+            kv_id, kv_sum = kv_id.unflatten(-1, (-1, 2 * a)), kv_sum.unflatten(-1, (-1, 2 * a))   # [B, M|Tq, E, 2a]
         scale_embed = self.scale_embed.to(device=xn.device, dtype=xn.dtype)
 
         def heads(t):                                                # [B, L, a] -> [B, H, L, a/H]
             return t.unflatten(-1, (H, a // H)).transpose(1, 2)
 
         out = []
-        for slot, (e, (start, stop)) in enumerate(zip(plan.experts, plan.rows)):
+        for e, (start, stop) in zip(plan.experts, plan.rows):
             W = stop - start                                                         # windows of this expert
             q_e = self.norm_q(q[:, start:stop] + scale_embed[e])                     # [B, W, N, a]
-            kv = torch.cat([kv_id[:, :, slot], kv_sum[:, start:stop, slot]], dim=1)   # [B, M+W, 2a]
+            if self.rank:
+                low = torch.cat([low_id[:, :, e], low_sum[:, start:stop, e]], dim=1)  # [B, M+W, r]
+                kv = torch.cat([kv_id, kv_sum[:, start:stop]], dim=1) + self.kv_up[e](low)   # [B, M+W, 2a]
+            else:
+                kv = torch.cat([kv_id[:, :, e], kv_sum[:, start:stop, e]], dim=1)     # [B, M+W, 2a]
             k, v = kv.chunk(2, dim=-1)                                               # [B, M+W, a] each
             o = F.scaled_dot_product_attention(heads(q_e.reshape(B, W * N, a)), heads(self.norm_k(k)), heads(v))
             out.append(o.transpose(1, 2).reshape(B, W, N, a))
         return torch.cat(out, dim=1)                                                 # [B, Tq, N, a]
-
-    def expert_kv(self, identity: torch.Tensor, summary: torch.Tensor, plan: WindowPlan):
-        """K and V of the identity tokens [B, M, D_id] and the window summaries [B, Tq, D_id] for every enabled
-        expert, one projection each (through the host's casting Linear): ([B, M, E_on, 2a], [B, Tq, E_on, 2a])."""
-        a2 = 2 * self.inner
-        if not self.rank:
-            kv_id = self.kv(identity).unflatten(-1, (-1, a2))                        # [B, M, E, 2a]
-            kv_sum = self.kv(summary).unflatten(-1, (-1, a2))                        # [B, Tq, E, 2a]
-            if plan.experts != tuple(range(self.num_experts)):
-                kv_id, kv_sum = kv_id[:, :, list(plan.experts)], kv_sum[:, :, list(plan.experts)]
-            return kv_id, kv_sum
-        # lean: shared K/V + each expert's rank-r correction (on its own windows' summaries only)
-        shared_id, shared_sum = self.kv(identity), self.kv(summary)                  # [B, M|Tq, 2a]
-        low_id = self.kv_down(identity).unflatten(-1, (-1, self.rank))               # [B, M, E, r]
-        low_sum = self.kv_down(summary).unflatten(-1, (-1, self.rank))               # [B, Tq, E, r]
-        kv_id, kv_sum = [], torch.zeros(*summary.shape[:2], len(plan.experts), a2, device=summary.device,
-                                        dtype=shared_sum.dtype)
-        for slot, (e, (start, stop)) in enumerate(zip(plan.experts, plan.rows)):
-            kv_id.append(shared_id + self.kv_up[e](low_id[:, :, e]))
-            kv_sum[:, start:stop, slot] = shared_sum[:, start:stop] + self.kv_up[e](low_sum[:, start:stop, e])
-        return torch.stack(kv_id, dim=2), kv_sum

@@ -101,6 +101,13 @@ def test_summary_intervals_and_paired_difference():
     assert d["mean"] == pytest.approx(0.2) and d["ci95"] == pytest.approx([0.2, 0.2]) and d["n"] == 10
 
 
+def test_registered_as_a_moca_model_command(capsys):
+    from moca_model.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["toybench", "--help"])
+    assert e.value.code == 0 and "--train-all" in capsys.readouterr().out
+
+
 def test_resolve_names_variants_files_and_the_fix(tmp_path):
     f = tmp_path / "mine.safetensors"
     f.write_bytes(b"x")

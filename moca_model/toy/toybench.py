@@ -169,11 +169,12 @@ class Models:
         from .metrics import eval_analyzer
         from .pipeline import VAE_DTYPE
         from .text import ToyTextEncoder
-        for what, p in (("backbone", a.backbone), ("vae", a.vae), ("eval recogniser", a.eval_recogniser),
-                        ("classifiers", a.classifiers)):
+        for what, flag, p in (("toy backbone", "backbone", a.backbone), ("toy VAE", "vae", a.vae),
+                              ("evaluation recogniser", "eval-recogniser", a.eval_recogniser),
+                              ("toy classifiers", "classifiers", a.classifiers)):
             if not Path(p).is_file():
                 raise SystemExit(f"toybench: the {what} {p} is missing; the toy models come from `make toy` "
-                                 f"(python -m moca_model.toy build), or pass --{what.split()[0].replace(' ', '-')}")
+                                 f"(python -m moca_model.toy build), or pass --{flag}")
         self.a = a
         self.model = MoCADiT(MoCAConfig.preset(a.preset)).load_backbone(str(a.backbone))
         self.vae = load_wan_vae(a.vae).to(VAE_DTYPE if a.vae_bf16 else torch.float32).eval()
@@ -196,7 +197,7 @@ def evaluate(models: Models, label: str, adapter: Path | None, people: int, prom
     """Per-video metrics of one adapter, resumable (see the module docstring)."""
     from . import world
     settings = {"people": people, "prompts": prompts, "seed": seed, "steps": steps, "preset": models.a.preset,
-                "backbone": Path(models.a.backbone), "vae": Path(models.a.vae)}
+                **{k: Path(getattr(models.a, k)) for k in ("backbone", "vae", "eval_recogniser", "classifiers")}}
     folder = out / "eval" / f"{label}-{_digest(adapter if adapter is not None else 'no_identity', settings)}"
     rows, pipe, t0 = [], None, time.perf_counter()
     opts = {} if steps is None else {"steps": steps}
@@ -468,7 +469,7 @@ def main(argv=None) -> int:
     steps = a.steps if a.steps is not None else base["steps"]
     out = Path(a.out)
     if a.estimate:
-        sec = step_seconds()
+        sec = step_seconds(steps=3)
         est = estimate(sec, people, prompts)
         _write_json(out / "estimate.json", {"step_seconds": sec, **est})
         print(f"expected CPU time of --train-all (an estimate, one core): training "
@@ -476,10 +477,18 @@ def main(argv=None) -> int:
               f"evaluation {est['eval_s'] / 3600:.1f} h ({people} people x {prompts} prompts x {len(VARIANTS)} "
               f"variants at ~{VIDEO_S:.1f} s per video); total {est['total_s'] / 3600:.1f} h")
         return 0
-    trained = train_all(a, out, [v for v in (a.adapters or TRAINED) if v in TRAINED]) if a.train_all else {}
+    if a.train_all:
+        train_all(a, out, [v for v in (a.adapters or TRAINED) if v in TRAINED])
     if a.train_only:
         return 0
-    chosen = resolve(a.adapters or list(VARIANTS), out)
+    if a.adapters:
+        chosen = resolve(a.adapters, out)
+    else:                                                   # every variant trained so far, and the backbone alone
+        chosen = resolve([v for v in VARIANTS if v == "no_identity" or adapter_path(out, v).is_file()], out)
+        untrained = [v for v in TRAINED if not adapter_path(out, v).is_file()]
+        if untrained:
+            print(f"[toybench] not trained yet in {out} (left out): {', '.join(untrained)}; "
+                  "`python -m moca_model toybench --train-all` trains them")
     models = Models(a)
     results, rows = {}, {}
     t0 = time.perf_counter()
@@ -490,11 +499,15 @@ def main(argv=None) -> int:
               f"{results[label]['videos']} videos")
     res = {"settings": {"people": people, "prompts": prompts, "seed": a.seed, "steps": steps, "quick": a.quick,
                         "preset": a.preset, "backbone": a.backbone, "adapters": {k: str(p) for k, p in chosen}},
-           "variants": results, "seconds_eval": round(time.perf_counter() - t0, 1), "trained_s": trained}
+           "variants": results, "seconds_eval": round(time.perf_counter() - t0, 1),
+           "train_seconds": {v: json.loads((out / v / "toybench_stamp.json").read_text())["seconds"]
+                             for v in TRAINED if (out / v / "toybench_stamp.json").is_file()}}
     if "moca" in rows and "single_xattn" in rows:
         res["moca_minus_single_xattn_likeness"] = paired_difference(rows["moca"], rows["single_xattn"])
     if not a.no_costs:
         res["costs"] = costs([label for label, _ in chosen], preset=a.preset)
+    if (out / "estimate.json").is_file():                   # training step times measured by --estimate
+        res["train_step_seconds"] = json.loads((out / "estimate.json").read_text())["step_seconds"]
     stem = "results_quick" if a.quick else "results"
     _write_json(out / f"{stem}.json", res)
     with atomic_target(out / f"{stem}.md", overwrite=True) as tmp:
@@ -505,4 +518,6 @@ def main(argv=None) -> int:
     if "moca" in results and "single_xattn" in results:
         d = results["moca"]["likeness_mean"]["mean"] - results["single_xattn"]["likeness_mean"]["mean"]
         print(f"moca_minus_single_xattn_likeness={d:.4f}")
+    else:
+        print("[toybench] no moca_minus_single_xattn_likeness: it needs both moca and single_xattn evaluated")
     return 0
