@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -156,19 +157,10 @@ def video_metrics(judge, classifiers, frames, item: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- models
 class Models:
-    """The frozen parts every variant shares: backbone file, VAE, conditioning pack, judge, classifiers."""
+    """The frozen parts every variant shares: backbone, VAE, conditioning pack, judge, classifiers - each loaded
+    when first needed (a run whose videos are all done loads none of them)."""
 
     def __init__(self, a):
-        import torch
-
-        from ..config import MoCAConfig
-        from ..dit import MoCADiT
-        from ..face import FaceAnalyzer
-        from ..wan_vae import load_wan_vae
-        from .classifiers import load_classifiers
-        from .metrics import eval_analyzer
-        from .pipeline import VAE_DTYPE
-        from .text import ToyTextEncoder
         for what, flag, p in (("toy backbone", "backbone", a.backbone), ("toy VAE", "vae", a.vae),
                               ("evaluation recogniser", "eval-recogniser", a.eval_recogniser),
                               ("toy classifiers", "classifiers", a.classifiers)):
@@ -176,20 +168,44 @@ class Models:
                 raise SystemExit(f"toybench: the {what} {p} is missing; the toy models come from `make toy` "
                                  f"(python -m moca_model.toy build), or pass --{flag}")
         self.a = a
-        self.model = MoCADiT(MoCAConfig.preset(a.preset)).load_backbone(str(a.backbone))
-        self.vae = load_wan_vae(a.vae).to(VAE_DTYPE if a.vae_bf16 else torch.float32).eval()
-        self.analyzer = FaceAnalyzer.load(str(a.face_models), pack=a.face_pack, provider="cpu")
-        self.judge = eval_analyzer(a.face_models, a.face_pack, a.eval_recogniser)
-        self.classifiers = load_classifiers(a.classifiers)
-        self.text = ToyTextEncoder()
+
+    @cached_property
+    def model(self):
+        from ..config import MoCAConfig
+        from ..dit import MoCADiT
+        return MoCADiT(MoCAConfig.preset(self.a.preset)).load_backbone(str(self.a.backbone))
+
+    @cached_property
+    def vae(self):
+        import torch
+
+        from ..wan_vae import load_wan_vae
+        from .pipeline import VAE_DTYPE
+        return load_wan_vae(self.a.vae).to(VAE_DTYPE if self.a.vae_bf16 else torch.float32).eval()
+
+    @cached_property
+    def analyzer(self):
+        from ..face import FaceAnalyzer
+        return FaceAnalyzer.load(str(self.a.face_models), pack=self.a.face_pack, provider="cpu")
+
+    @cached_property
+    def judge(self):
+        from .metrics import eval_analyzer
+        return eval_analyzer(self.a.face_models, self.a.face_pack, self.a.eval_recogniser)
+
+    @cached_property
+    def classifiers(self):
+        from .classifiers import load_classifiers
+        return load_classifiers(self.a.classifiers)
 
     def pipeline(self, adapter: Path | None):
         """A ToyPipeline with this adapter (None: the backbone alone)."""
         from .pipeline import ToyPipeline, check_adapter_recognizer
+        from .text import ToyTextEncoder
         if adapter is not None:
             self.model.load_adapter(str(adapter))          # rebuilds the adapter for a variant's config
             check_adapter_recognizer(adapter, self.analyzer)
-        return ToyPipeline(self.model.eval(), self.vae, self.analyzer, self.text)
+        return ToyPipeline(self.model.eval(), self.vae, self.analyzer, ToyTextEncoder())
 
 
 def evaluate(models: Models, label: str, adapter: Path | None, people: int, prompts: int, seed: int,
@@ -429,6 +445,38 @@ def estimate(steps: dict, people: int, prompts: int, evaluated: int = len(VARIAN
     return {"train_s": train, "eval_s": ev, "total_s": sum(train.values()) + ev}
 
 
+def argv_of(a) -> list[str]:
+    """The evaluation settings of parsed arguments `a`, as command-line flags (for worker processes)."""
+    out = ["--out", str(a.out), "--seed", str(a.seed), "--preset", a.preset, "--backbone", str(a.backbone),
+           "--vae", str(a.vae), "--face-models", str(a.face_models), "--face-pack", a.face_pack,
+           "--eval-recogniser", str(a.eval_recogniser), "--classifiers", str(a.classifiers)]
+    for flag, v in (("--people", a.people), ("--prompts", a.prompts), ("--steps", a.steps)):
+        if v is not None:
+            out += [flag, str(v)]
+    return out + (["--quick"] if a.quick else []) + ([] if a.vae_bf16 else ["--vae-fp32"])
+
+
+def evaluate_in_parallel(a, chosen, flags: list[str], log=print):
+    """Evaluate the adapters in `a.procs` worker processes of one thread each (one adapter per worker); their
+    per-video results are what the summary then reads."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    todo, running = [str(p) if p is not None else label for label, p in chosen], []
+    while todo or running:
+        while todo and len(running) < a.procs:
+            what = todo.pop(0)
+            cmd = [sys.executable, "-m", "moca_model", "toybench", what, "--no-summary", "--no-costs", *flags]
+            running.append((what, subprocess.Popen(cmd, env=env)))
+        time.sleep(1.0)
+        for entry in list(running):
+            if entry[1].poll() is not None:
+                running.remove(entry)
+                if entry[1].returncode != 0:
+                    raise SystemExit(f"[toybench] evaluating {entry[0]} failed (exit {entry[1].returncode}); "
+                                     "run the same command again to resume")
+                log(f"[toybench] {entry[0]}: evaluated")
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     from .pipeline import FACE_PACK, FILES
@@ -447,7 +495,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-only", action="store_true", help="with --train-all: stop after training")
     ap.add_argument("--estimate", action="store_true", help="only measure each variant's training step time and "
                     "print the expected CPU time of --train-all")
-    ap.add_argument("--procs", type=int, default=1, help="variants trained at once (one thread each)")
+    ap.add_argument("--procs", type=int, default=1, help="variants trained / evaluated at once (one thread each)")
     ap.add_argument("--train-steps", type=int, default=None, help="override every variant's optim.max_steps "
                     "(tests; the benchmark's budget is the configs')")
     ap.add_argument("--cache", default=str(REPO / "runs" / "toy" / "cache"), help="the toy build's cache shards")
@@ -460,7 +508,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-recogniser", default=str(FILES["eval_recogniser"]))
     ap.add_argument("--classifiers", default=str(FILES["classifiers"]))
     ap.add_argument("--no-costs", action="store_true", help="skip the parameter-share and step-time section")
-    a = ap.parse_args(argv)
+    ap.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)   # a worker of --procs N
+    a = ap.parse_intermixed_args(argv)
     import torch
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     base = QUICK if a.quick else FULL
@@ -472,8 +521,9 @@ def main(argv=None) -> int:
         sec = step_seconds(steps=3)
         est = estimate(sec, people, prompts)
         _write_json(out / "estimate.json", {"step_seconds": sec, **est})
+        per = ", ".join(f"{v} {s / 60:.0f} min" for v, s in est["train_s"].items())
         print(f"expected CPU time of --train-all (an estimate, one core): training "
-              f"{sum(est['train_s'].values()) / 3600:.1f} h ({', '.join(f'{v} {s / 60:.0f} min' for v, s in est['train_s'].items())}), "
+              f"{sum(est['train_s'].values()) / 3600:.1f} h ({per}), "
               f"evaluation {est['eval_s'] / 3600:.1f} h ({people} people x {prompts} prompts x {len(VARIANTS)} "
               f"variants at ~{VIDEO_S:.1f} s per video); total {est['total_s'] / 3600:.1f} h")
         return 0
@@ -489,14 +539,20 @@ def main(argv=None) -> int:
         if untrained:
             print(f"[toybench] not trained yet in {out} (left out): {', '.join(untrained)}; "
                   "`python -m moca_model toybench --train-all` trains them")
+    t0 = time.perf_counter()
+    if a.procs > 1 and len(chosen) > 1 and not a.no_summary:
+        evaluate_in_parallel(a, chosen, argv_of(a))
     models = Models(a)
     results, rows = {}, {}
-    t0 = time.perf_counter()
     for label, path in chosen:
         rows[label] = evaluate(models, label, path, people, prompts, a.seed, steps, out)
         results[label] = summarise(rows[label])
+        if a.no_summary:
+            continue
         print(f"[toybench] {label}: likeness {results[label]['likeness_mean']['mean']:.3f} over "
               f"{results[label]['videos']} videos")
+    if a.no_summary:
+        return 0
     res = {"settings": {"people": people, "prompts": prompts, "seed": a.seed, "steps": steps, "quick": a.quick,
                         "preset": a.preset, "backbone": a.backbone, "adapters": {k: str(p) for k, p in chosen}},
            "variants": results, "seconds_eval": round(time.perf_counter() - t0, 1),
