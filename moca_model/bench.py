@@ -113,9 +113,10 @@ def bench_cpu(preset: str, frames: list[int], hw: tuple[int, int], reps: int, me
             "latent_hw": hw, "rows": rows, "adapter_share": share, "sampler": sampler}
 
 
-def bench_cuda(preset: str, frames: int = 81, height: int = 480, width: int = 832, reps: int = 5) -> dict:
+def bench_cuda(preset: str, frames: int = 81, height: int = 480, width: int = 832, reps: int = 5,
+               config: MoCAConfig | None = None) -> dict:
     dev, dtype = "cuda", torch.bfloat16
-    model = MoCADiT(MoCAConfig.preset(preset), device=dev, dtype=dtype).eval()
+    model = MoCADiT(config or MoCAConfig.preset(preset), device=dev, dtype=dtype).eval()
     live_adapter(model)
     T, h2, w2 = latent_grid(frames, height, width, model.config)
     x, t, ctx, ident = make_inputs(model, T, height // 8, width // 8, dev, dtype, text_len=512)
@@ -146,17 +147,21 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="a short run (smaller sizes, fewer repeats)")
     ap.add_argument("--preset", default=None, help="model preset (default: small on CPU, wan2.1-1.3b on CUDA)")
+    ap.add_argument("--variant", default="moca", help="a MoCA variant of moca_model/variants.py (lean, "
+                    "single_xattn, frame_scale, clip_scale; default: MoCA as designed)")
     ap.add_argument("--frames", default=None, help="comma-separated latent frame counts (CPU)")
     ap.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
     ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory profile")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-
-    flops = overhead(MoCAConfig.preset("wan2.1-1.3b"))
+    from .variants import variant_config
+    preset = args.preset or ("wan2.1-1.3b" if args.device == "cuda" else "small")
+    config = variant_config(args.variant, preset)
+    flops = overhead(variant_config(args.variant, "wan2.1-1.3b"))
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("bench --device cuda: no CUDA device is available")
-        res = bench_cuda(args.preset or "wan2.1-1.3b", reps=args.reps or 5)
+        res = bench_cuda(preset, reps=args.reps or 5, config=config)
         print(f"device: {res['device']}  preset {res['preset']}  {res['frames']} frames {res['size'][0]}x"
               f"{res['size'][1]} ({res['tokens']} tokens), bf16, random weights")
         print(f"{'':10}{'s/eval':>10}{'peak VRAM GB':>15}")
@@ -167,7 +172,7 @@ def main(argv=None):
         quick = args.quick
         frames = [int(f) for f in args.frames.split(",")] if args.frames else ([2, 4, 8] if quick else [3, 6, 11, 21])
         hw = (16, 28) if quick else (30, 52)
-        res = bench_cpu(args.preset or "small", frames, hw, args.reps or (3 if quick else 5), not args.no_memory)
+        res = bench_cpu(preset, frames, hw, args.reps or (3 if quick else 5), not args.no_memory, config)
         print(f"device: cpu ({res['threads']} threads)  preset {res['preset']}  latent {hw[0]}x{hw[1]} "
               f"(video {hw[0] * 8}x{hw[1] * 8})  median of {res['reps']} interleaved runs, one forward each")
         print(f"{'latent T':>8} {'frames':>6} {'tokens':>7} {'base s':>8} {'MoCA s':>8} {'ratio':>6} "
@@ -177,8 +182,10 @@ def main(argv=None):
                   f"{r['moca_s']:>8.3f} {r['ratio']:>6.3f} {r['base_peak_mb']:>8.1f} {r['moca_peak_mb']:>8.1f}")
         print(f"adapter parameters: {100 * res['adapter_share']:.1f}% of the {res['preset']} backbone")
         ratio = res["rows"][-1]["ratio"]
-    share13 = MoCADiT(MoCAConfig.preset("wan2.1-1.3b"), device="meta")
-    print(f"wan2.1-1.3b: adapter {share13.num_parameters('adapter') / 1e6:.1f}M = "
+    share13 = MoCADiT(variant_config(args.variant, "wan2.1-1.3b"), device="meta")
+    res["variant"] = args.variant
+    named = "" if args.variant == "moca" else f" ({args.variant})"
+    print(f"wan2.1-1.3b{named}: adapter {share13.num_parameters('adapter') / 1e6:.1f}M = "
           f"{100 * share13.num_parameters('adapter') / share13.num_parameters():.1f}% of the backbone; analytic "
           f"FLOPs at 81 frames 480x832 ({flops['tokens']} tokens): backbone {flops['backbone_tflops']:.1f} TFLOP, "
           f"MoCA +{flops['moca_tflops']:.2f} TFLOP = +{100 * flops['ratio']:.2f}%")

@@ -189,3 +189,12 @@ def test_variant_flops_equal_the_layers_counted_flops(variant, T):
         layer(x, vec, ident, (T, h, w), MoCAOptions().resolve(cfg))
     router_mix = 0 if variant == "single_xattn" else 2 * cfg.num_experts * T * h * w * cfg.moca_dim
     assert counter.get_total_flops() == moca_flops(cfg, (T, h, w), M) - router_mix
+
+
+def test_bench_measures_a_variant(capsys):
+    from moca_model import bench
+    res = bench.main(["--preset", "tiny", "--variant", "lean", "--frames", "1,2", "--reps", "1", "--quick", "--no-memory"])
+    out = capsys.readouterr().out
+    assert res["variant"] == "lean" and "wan2.1-1.3b (lean): adapter 35.4M = 2.5% of the backbone" in out
+    assert res["adapter_share"] == pytest.approx(adapter_share(variant_config("lean", "tiny"))["share"])
+    assert out.strip().splitlines()[-1].startswith("moca_overhead_ratio=")
