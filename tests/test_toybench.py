@@ -96,7 +96,7 @@ def test_summary_intervals_and_paired_difference():
     s = TB.summarise(rows_a)
     lk = s["likeness_mean"]
     assert lk["mean"] == pytest.approx(0.545) and lk["ci95"][0] < lk["mean"] < lk["ci95"][1] and lk["n"] == 10
-    assert s["copy_paste"]["n"] == 0 and np.isnan(s["copy_paste"]["mean"])
+    assert s["copy_paste"] == {"mean": None, "ci95": [None, None], "n": 0}             # strict JSON: no NaN
     d = TB.paired_difference(rows_a, rows_b)
     assert d["mean"] == pytest.approx(0.2) and d["ci95"] == pytest.approx([0.2, 0.2]) and d["n"] == 10
 
@@ -172,7 +172,9 @@ def test_quick_end_to_end(stand_ins, capsys):
             "--preset", "tiny", "--backbone", str(root / "backbone.safetensors"), "--vae", str(root / "vae.safetensors")]
     assert TB.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    res = json.loads((out / "results_quick.json").read_text())
+    text = (out / "results_quick.json").read_text()
+    assert "NaN" not in text
+    res = json.loads(text)
     a, b = (res["variants"][v]["likeness_mean"]["mean"] for v in ("moca", "single_xattn"))
     assert lines[-1] == f"moca_minus_single_xattn_likeness={a - b:.4f}"
     assert set(res["variants"]) == {"moca", "single_xattn", "no_identity"}

@@ -243,9 +243,14 @@ def summarise(rows: list[dict]) -> dict:
     from .metrics import bootstrap_ci
     s = {"videos": len(rows)}
     for key in MEANS:
-        mean, lo, hi = bootstrap_ci([None if r.get(key) is None else float(r[key]) for r in rows])
+        mean, lo, hi = _finite(bootstrap_ci([None if r.get(key) is None else float(r[key]) for r in rows]))
         s[key] = {"mean": mean, "ci95": [lo, hi], "n": sum(r.get(key) is not None for r in rows)}
     return s
+
+
+def _finite(values) -> list:
+    """NaN (no value to average) -> None, so the JSON stays strict."""
+    return [None if v is None or math.isnan(v) else v for v in values]
 
 
 def paired_difference(a: list[dict], b: list[dict], key: str = "likeness_mean") -> dict:
@@ -253,7 +258,7 @@ def paired_difference(a: list[dict], b: list[dict], key: str = "likeness_mean") 
     from .metrics import bootstrap_ci
     bb = {(r["person"], r["prompt_index"]): r[key] for r in b}
     d = [r[key] - bb[(r["person"], r["prompt_index"])] for r in a if (r["person"], r["prompt_index"]) in bb]
-    mean, lo, hi = bootstrap_ci(d)
+    mean, lo, hi = _finite(bootstrap_ci(d))
     return {"mean": mean, "ci95": [lo, hi], "n": len(d)}
 
 
@@ -290,7 +295,7 @@ def costs(variants, preset: str = "toy", reps: int = 3, hw=(16, 16), T: int = 5)
 
 def markdown(res: dict) -> str:
     def ci(d, pct=False):
-        if d is None or d["mean"] is None or (isinstance(d["mean"], float) and math.isnan(d["mean"])):
+        if d is None or d["mean"] is None:
             return "-"
         f = 100.0 if pct else 1.0
         return f"{f * d['mean']:.3f} [{f * d['ci95'][0]:.3f}, {f * d['ci95'][1]:.3f}]"
@@ -334,7 +339,7 @@ def plot(res: dict, path: Path, width: int = 900):
         scale = panel - 20
         for i, label in enumerate(labels):
             s = res["variants"][label][key]
-            if s["mean"] is None or math.isnan(s["mean"]):
+            if s["mean"] is None:
                 continue
             y = top + i * cell
             v = min(1.0, max(0.0, s["mean"]))
@@ -572,7 +577,7 @@ def main(argv=None) -> int:
     print(markdown(res))
     print(f"[toybench] wrote {out / stem}.json, .md, .png")
     if "moca" in results and "single_xattn" in results:
-        d = results["moca"]["likeness_mean"]["mean"] - results["single_xattn"]["likeness_mean"]["mean"]
+        d = (results["moca"]["likeness_mean"]["mean"] or 0.0) - (results["single_xattn"]["likeness_mean"]["mean"] or 0.0)
         print(f"moca_minus_single_xattn_likeness={d:.4f}")
     else:
         print("[toybench] no moca_minus_single_xattn_likeness: it needs both moca and single_xattn evaluated")
