@@ -1,6 +1,8 @@
 """The V3 extension: registers the pack's model folders, then lists its nodes."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import ComfyExtension, io
 
 from . import paths
@@ -8,7 +10,7 @@ from . import paths
 paths.register_folders()
 paths.offer_toy_inputs()
 if paths.toy_vae_notice():
-    print(paths.toy_vae_notice())
+    logging.warning(paths.toy_vae_notice())
 
 from .nodes_face import MoCAEncodeFace, MoCAIdentityScore, MoCALoadIdentity, MoCASaveIdentity  # noqa: E402
 from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader  # noqa: E402

