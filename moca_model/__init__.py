@@ -11,6 +11,7 @@ from .htp import HierarchicalTemporalPooling
 from .identity import MoCAIdentity
 from .layer import MoCALayer
 from .options import MoCAOptions
+from .regions import RegionalIdentity, ResolvedRegions
 from .router import MoCARouter
 from .taca import TemporalAwareCrossAttention
 from .text_embeds import load_text_embeds, save_text_embeds
@@ -22,5 +23,5 @@ __all__ = [
     "MoCAConfig", "PRESETS", "WHOLE_CLIP", "MoCADiT", "MoCAAdapter", "MoCALayer", "MoCAOptions", "MoCARouter",
     "HierarchicalTemporalPooling", "TemporalAwareCrossAttention", "IdentityTokenizer",
     "save_moca", "load_moca", "read_moca", "save_wan_checkpoint", "MoCAFile", "CheckpointError",
-    "MoCAIdentity", "save_text_embeds", "load_text_embeds",
+    "MoCAIdentity", "save_text_embeds", "load_text_embeds", "RegionalIdentity", "ResolvedRegions",
 ]

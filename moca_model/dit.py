@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from .adapter import MoCAAdapter, init_generic
 from .config import MoCAConfig
 from .options import MoCAOptions
+from .regions import RegionalIdentity
 from .wan import (Head, WanAttentionBlock, pad_to_patch_size, rope_frequencies, sinusoidal_embedding_1d,
                   unpatchify)
 
@@ -101,7 +102,8 @@ class MoCADiT(nn.Module):
                 identity: torch.Tensor | None = None, moca_options=None,
                 identity_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, 16, T, H, W] latents; timestep [B] in 0..1000; context [B, L, text_dim];
-        identity [B|1, M, D_id] tokens or None (exactly the backbone); identity_mask [B] optional per-sample
+        identity [B|1, M, D_id] tokens, a RegionalIdentity (several people, each bound to a region) or None
+        (exactly the backbone); identity_mask [B] optional per-sample
         on/off (float or bool). Returns the flow velocity, shaped like x."""
         c = self.config
         if x.ndim != 5 or x.shape[1] != c.in_dim:
@@ -123,7 +125,10 @@ class MoCADiT(nn.Module):
         use_moca = identity is not None and opts.active
         gate = None                                                             # per-sample identity on/off [B, 1, 1]
         if use_moca:
-            identity = identity.to(device=x.device, dtype=dtype)
+            if isinstance(identity, RegionalIdentity):                          # several people, each in a region
+                identity = identity.resolve(grid, device=x.device, dtype=dtype)
+            else:
+                identity = identity.to(device=x.device, dtype=dtype)
             if identity_mask is not None:
                 gate = identity_mask.to(device=x.device, dtype=dtype).reshape(B, 1, 1)
 

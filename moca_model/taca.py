@@ -62,19 +62,28 @@ class TemporalAwareCrossAttention(nn.Module):
             for up in self.kv_up:                       # every expert starts from the shared K/V
                 nn.init.zeros_(up.weight)
 
-    def forward(self, xn: torch.Tensor, identity: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
-        """xn [B, T, N, D] normalised video tokens; identity [B, M, D_id].
+    def forward(self, xn: torch.Tensor, identity: torch.Tensor, plan: WindowPlan,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+        """xn [B, T, N, D] normalised video tokens; identity [B, M, D_id]; region [B, T, N] (0..1) or None:
+        the identity's region (moca_model/regions.py) - queries pool over time and summaries average over
+        tokens weighted by it, so a window's summary holds only this person.
         Returns every window's attention output, [B, Tq, N, moca_dim] (un-pool with `plan`)."""
         B, T, N, _ = xn.shape
         a, H = self.inner, self.heads
         time = sinusoidal_embedding_1d(TIME_FREQ_DIM, plan.centre).to(xn.dtype)     # [Tq, F]
         # Queries of every window of every expert: project once, pool all scales in one einsum.
-        q = HierarchicalTemporalPooling.pool(self.q(xn), plan) + self.frame_embed(time)[:, None]   # [B, Tq, N, a]
-        # One summary token per window: the mean of its tokens, projected, plus its centre frame.
-        if self.summary_from_query:                                                 # lean: from the pooled queries
-            summary = q.mean(dim=2)                                                 # [B, Tq, a]
-        else:
-            summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)        # [B, Tq, D]
+        if region is None:
+            q = HierarchicalTemporalPooling.pool(self.q(xn), plan) + self.frame_embed(time)[:, None]   # [B, Tq, N, a]
+            # One summary token per window: the mean of its tokens, projected, plus its centre frame.
+            if self.summary_from_query:                                             # lean: from the pooled queries
+                summary = q.mean(dim=2)                                             # [B, Tq, a]
+            else:
+                summary = HierarchicalTemporalPooling.pool(xn.mean(dim=2), plan)    # [B, Tq, D]
+        else:                                                                       # pool within the region
+            q, summary = self._region_pool(xn, region, plan)
+            fe = self.frame_embed(time)                                             # [Tq, a]
+            q = q + fe[:, None]
+            summary = summary + fe if self.summary_from_query else summary          # as q.mean(dim=2) above
         summary = self.summary_proj(summary) + self.summary_time(time)              # [B, Tq, D_id]
         # Every expert's K and V of the identity tokens and the summaries, one projection each (through the
         # host's casting Linear); expert e uses its slice (lean: the shared K/V plus its rank-r correction).
@@ -101,3 +110,20 @@ class TemporalAwareCrossAttention(nn.Module):
             o = F.scaled_dot_product_attention(heads(q_e.reshape(B, W * N, a)), heads(self.norm_k(k)), heads(v))
             out.append(o.transpose(1, 2).reshape(B, W, N, a))
         return torch.cat(out, dim=1)                                                 # [B, Tq, N, a]
+
+    def _region_pool(self, xn: torch.Tensor, region: torch.Tensor, plan: WindowPlan):
+        """Region-weighted HTP: xn [B, T, N, D], region [B, T, N] -> pooled queries [B, Tq, N, a] (each token's
+        frames weighted by its region weight; 0 where the token is outside the region in the whole window)
+        and window summaries [B, Tq, a | D] (region-weighted mean over the window's tokens; 0 for a window
+        the region does not touch)."""
+        P = plan.pool.to(xn.dtype)                                                   # [Tq, T]
+        m = region.to(xn.dtype)                                                      # [B, T, N]
+        den = torch.einsum("jt,btn->bjn", P, m)                                      # [B, Tq, N]
+        num_q = torch.einsum("jt,btna->bjna", P, self.q(xn) * m[..., None])           # [B, Tq, N, a]
+        q = num_q / den.clamp_min(1e-6)[..., None]
+        total = den.sum(dim=2).clamp_min(1e-6)[..., None]                            # [B, Tq, 1]
+        if self.summary_from_query:
+            summary = num_q.sum(dim=2) / total                                       # [B, Tq, a]
+        else:
+            summary = torch.einsum("jt,btnd->bjd", P, xn * m[..., None]) / total     # [B, Tq, D]
+        return q, summary
