@@ -3,7 +3,9 @@
 Stages, in order (each skipped when its outputs exist and its settings are unchanged; each training
 resumes from its last checkpoint when interrupted):
 
-    world       render the training clips, masks and references of TRAIN_IDS, and the manifest
+    world       render the training clips, masks and references of TRAIN_IDS, and the manifest; with
+                --two-person-clips N also N clips of two people (world.make_two_person_clip, a mask and a
+                reference photo per person) and their manifest, manifest_two.jsonl (the multi-person work)
     face        toy face pack (SCRFD-contract detector, ArcFace-contract recogniser) + evaluation recogniser
     vae         toy Wan 2.1-layout VAE
     cache       `train_moca.py cache` on the manifest with the toy VAE, toy text encoder and toy face pack
@@ -107,6 +109,67 @@ def write_world(data: Path, ids, clips_per_id: int, log=print) -> Path:
     return manifest
 
 
+def two_person_pairs(ids, count: int) -> list[tuple[int, int, int]]:
+    """(person a, person b, clip seed) of the N two-person training clips: distinct pairs of `ids`, fixed."""
+    n = len(ids)
+    if n < 2:
+        raise ValueError("two-person clips need at least 2 identities (--ids)")
+    out = []
+    for j in range(count):
+        a = ids[j % n]
+        b = ids[(j % n + 1 + (j // n) % (n - 1)) % n]                    # never a itself
+        out.append((int(a), int(b), j))
+    return out
+
+
+def write_two_person_world(data: Path, ids, count: int, log=print) -> Path:
+    """N two-person clips (mp4), one head-mask video and one reference photo per person, and
+    manifest_two.jsonl in the cache's multi-person format (training/cache.py: "people"). Resumable.
+    Person k's reference is world.make_reference(seed_k, REF_SEED_OFFSET + j): another pose, scene and shirt."""
+    import numpy as np
+    from PIL import Image
+
+    from ..atomic import atomic_target
+    from ..video import write_video
+    from . import world
+
+    lines = []
+    t0 = time.perf_counter()
+    for n, (a, b, j) in enumerate(two_person_pairs(ids, count)):
+        name = f"two_{j:06d}"
+        clip_p, meta_p = data / "clips2" / f"{name}.mp4", data / "clips2" / f"{name}.json"
+        masks_p = [data / "masks2" / f"{name}_p{k}.mp4" for k in (1, 2)]
+        refs_p = [data / "refs2" / f"{name}_p{k}.png" for k in (1, 2)]
+        if not meta_p.is_file():                                                      # written last
+            clip = world.make_two_person_clip((a, b), j)
+            for p in [clip_p] + masks_p + refs_p:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            for k, (mask_p, ref_p, pid) in enumerate(zip(masks_p, refs_p, (a, b))):
+                masks = np.stack([f[k].mask for f in clip.faces])                     # [T, H, W] bool
+                write_video(mask_p, np.repeat(masks[..., None], 3, -1).astype(np.uint8) * 255, overwrite=True)
+                tmp = ref_p.with_suffix(".tmp.png")
+                Image.fromarray(world.make_reference(pid, REF_SEED_OFFSET + j).image).save(tmp)
+                tmp.replace(ref_p)
+            write_video(clip_p, clip.frames, overwrite=True)
+            meta = {"caption": clip.caption, "action": clip.action, "background": clip.background,
+                    "lighting": clip.lighting, "people": [a, b]}
+            with atomic_target(meta_p, overwrite=True) as tmp:
+                Path(tmp).write_text(json.dumps(meta))
+        caption = json.loads(meta_p.read_text())["caption"]
+        lines.append({"video": f"clips2/{name}.mp4", "caption": caption, "id": f"{a}+{b}",
+                      "people": [{"reference": [f"refs2/{name}_p{k}.png"], "face_mask": f"masks2/{name}_p{k}.mp4"}
+                                 for k in (1, 2)]})
+        if (n + 1) % 200 == 0:
+            log(f"[toy-world] {n + 1}/{count} two-person clips ({time.perf_counter() - t0:.0f} s)")
+    manifest = data / "manifest_two.jsonl"
+    with atomic_target(manifest, overwrite=True) as tmp:
+        Path(tmp).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return manifest
+
+
+REF_SEED_OFFSET = 1000          # reference seeds of two-person clips: apart from the one-person clips' (0, 1, ...)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moca_model.toy build", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO / "runs" / "toy"), help="scratch folder (never committed)")
@@ -119,6 +182,8 @@ def main(argv=None) -> int:
                     help="processes for the cache stage (one thread each)")
     ap.add_argument("--backbone-steps", type=int, default=4000)
     ap.add_argument("--adapter-steps", type=int, default=2000)
+    ap.add_argument("--two-person-clips", type=int, default=0, help="also render this many two-person clips "
+                    "(world) and encode them into <data>/cache_two (cache), for configs/toy_moca_multi.yaml")
     a = ap.parse_args(argv)
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -128,6 +193,8 @@ def main(argv=None) -> int:
     for stage in a.stages:
         settings = {"ids": len(ids), "clips_per_id": a.clips_per_id,
                     "steps": {"vae": a.vae_steps, "backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
+        if a.two_person_clips and stage in ("world", "cache"):          # absent when 0: old stamps stay valid
+            settings["two_person_clips"] = a.two_person_clips
         if stamps.done(stage, settings):
             print(f"[toy] {stage}: up to date")
             continue
@@ -141,6 +208,8 @@ def main(argv=None) -> int:
 
 def _world(data, ids, a):
     write_world(data, ids, a.clips_per_id)
+    if a.two_person_clips:
+        write_two_person_world(data, ids, a.two_person_clips)
     return {}
 
 
@@ -157,11 +226,17 @@ def _cache(data, ids, a):
             # bf16 goes through oneDNN (~12x faster here: 0.3 s instead of 3.5 s per clip and thread)
             "--samples-per-shard", "64", "--device", "cpu", "--dtype", "bfloat16"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(REPO / "train_moca.py"), "cache", *args, "--part", f"{k}/{a.procs}"],
-                              env=env) for k in range(a.procs)]
-    codes = [pr.wait() for pr in procs]
-    if any(codes):
-        raise SystemExit(f"[toy] cache: a cache process failed (exit codes {codes}); run the build again to resume")
+    jobs = [args]
+    if getattr(a, "two_person_clips", 0):                                  # the two-person clips: their own folder
+        two = list(args)
+        two[1], two[3] = str(data / "manifest_two.jsonl"), str(data / "cache_two")
+        jobs.append(two)
+    for job in jobs:
+        procs = [subprocess.Popen([sys.executable, str(REPO / "train_moca.py"), "cache", *job, "--part", f"{k}/{a.procs}"],
+                                  env=env) for k in range(a.procs)]
+        codes = [pr.wait() for pr in procs]
+        if any(codes):
+            raise SystemExit(f"[toy] cache: a cache process failed (exit codes {codes}); run the build again to resume")
     return {}
 
 

@@ -4,6 +4,14 @@ Manifest: JSONL, one clip per line:
     {"video": "clips/a.mp4", "caption": "a woman ...", "reference": ["faces/a1.jpg"] | "from_video",
      "face_mask": "masks/a.mp4" (optional, white = face), "id": "anything" (optional)}
 Relative paths are relative to the manifest's folder.
+Several people in one clip (2 to 4): "people" instead of "reference" and "face_mask", one entry per person, each
+with its own reference photo(s) and its own mask video (white = that person; the mask is the person's region,
+identity k is bound to region k):
+    {"video": "clips/two.mp4", "caption": "two people ...",
+     "people": [{"reference": ["faces/a.jpg"], "face_mask": "masks/two_a.mp4"},
+                {"reference": ["faces/b.jpg"], "face_mask": "masks/two_b.mp4"}]}
+Such a sample gets "person_mask" [P, T, h, w], persons 2.. in "person{k}.arcface" / "person{k}.face_latent", and
+"face_mask" = the union of the people's masks (data.py: shard format version 2).
 
 Encoders sit behind three small interfaces, so any implementation (or a ComfyUI node) can feed them:
     VideoEncoder.encode(video [B, 3, F, H, W] in -1..1) -> model-space latents [B, 16, T, h, w]
@@ -34,7 +42,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_target
 from ..latents import normalize_latent
 from ..video import read_video
-from .data import ShardError, read_shard_header, require_finite, write_shard
+from .data import MAX_PEOPLE, ShardError, read_shard_header, require_finite, write_shard
 
 
 class VideoEncoder(Protocol):
@@ -229,7 +237,17 @@ class Cacher:
         video_path = root / entry["video"]
         clip, raw, idx = self._clip(video_path)                                         # [F, 3, H, W] 0..1
         latents = self.video.encode((clip * 2 - 1).permute(1, 0, 2, 3)[None])[0]       # [16, T, h, w]
-        ref = entry.get("reference", "from_video")
+        if "people" in entry:
+            return self._people_sample(entry, root, latents, idx)
+        arcface, face_latent = self._identity(entry.get("reference", "from_video"), root, raw, idx)
+        s = {"latents": latents, "arcface": arcface, "face_latent": face_latent, "source": str(entry["video"])}
+        if entry.get("face_mask"):
+            s["face_mask"] = self._mask(root / entry["face_mask"], idx, latents)
+        require_finite(s, str(entry["video"]))
+        return s
+
+    def _identity(self, ref, root: Path, raw=None, idx=None):
+        """A person's references -> (arcface [512] | [R, 512], face_latent [16, 1, hf, wf] | [R, ...])."""
         if ref == "from_video":
             picks = np.linspace(0, len(idx) - 1, self.reference_frames).round().astype(int)
             images = [raw[idx[i]] for i in picks]
@@ -240,14 +258,38 @@ class Cacher:
             raise NoFaceError("no face found in the reference image(s)")
         face_px = crops.permute(0, 3, 1, 2)[:, :, None] * 2 - 1                         # [R, 3, 1, S, S]
         face_latent = self.video.encode(face_px)                                       # [R, 16, 1, S/8, S/8]
-        s = {"latents": latents, "arcface": arcface[0] if arcface.shape[0] == 1 else arcface,
-             "face_latent": face_latent[0] if face_latent.shape[0] == 1 else face_latent,
-             "source": str(entry["video"])}
-        if entry.get("face_mask"):
-            mclip, _, _ = self._clip(root / entry["face_mask"], indices=idx)
-            s["face_mask"] = mask_to_latent_grid(mclip.mean(dim=1))                     # [T, h, w]
-            if tuple(s["face_mask"].shape) != tuple(latents.shape[1:]):
-                raise ValueError(f"face mask grid {list(s['face_mask'].shape)} != latent grid {list(latents.shape[1:])}")
+        return (arcface[0] if arcface.shape[0] == 1 else arcface,
+                face_latent[0] if face_latent.shape[0] == 1 else face_latent)
+
+    def _mask(self, path: Path, idx, latents) -> torch.Tensor:
+        """A mask video (white = inside) -> [T, h, w] on the clip's latent grid."""
+        mclip, _, _ = self._clip(path, indices=idx)
+        m = mask_to_latent_grid(mclip.mean(dim=1))                                     # [T, h, w]
+        if tuple(m.shape) != tuple(latents.shape[1:]):
+            raise ValueError(f"face mask grid {list(m.shape)} != latent grid {list(latents.shape[1:])}")
+        return m
+
+    def _people_sample(self, entry: dict, root: Path, latents, idx) -> dict:
+        """A clip with several people (module docstring): each person's identity and region."""
+        people = entry["people"]
+        where = f"{entry['video']}: \"people\""
+        if not isinstance(people, list) or not 2 <= len(people) <= MAX_PEOPLE:
+            raise ValueError(f"{where} must list 2 to {MAX_PEOPLE} people (one person: use \"reference\" instead)")
+        if "reference" in entry or "face_mask" in entry:
+            raise ValueError(f"{where}: give each person's reference and face_mask inside \"people\", not at the top")
+        s = {"latents": latents, "source": str(entry["video"])}
+        regions = []
+        for k, person in enumerate(people, 1):
+            ref, mask = person.get("reference"), person.get("face_mask")
+            if not ref or ref == "from_video" or not mask:
+                raise ValueError(f"{where}: person {k} needs its own \"reference\" photo(s) and its \"face_mask\" "
+                                 "video (the clip alone does not say which face is whose)")
+            arcface, face_latent = self._identity(ref, root)
+            key = "" if k == 1 else f"person{k}."
+            s[key + "arcface"], s[key + "face_latent"] = arcface, face_latent
+            regions.append(self._mask(root / mask, idx, latents))
+        s["person_mask"] = torch.stack(regions)                                        # [P, T, h, w]
+        s["face_mask"] = s["person_mask"].amax(dim=0)                                  # [T, h, w]
         require_finite(s, str(entry["video"]))
         return s
 

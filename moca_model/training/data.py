@@ -5,11 +5,17 @@ Shard format (`moca-train-shard`, version 1): one .safetensors file holding N sa
     "{i}.text"         [L, 4096]            umT5-XXL last hidden states of the caption, unpadded (L tokens)
     "{i}.arcface"      [512] or [R, 512]    ArcFace embedding(s) of the reference face(s)
     "{i}.face_latent"  [16, 1, hf, wf] or [R, 16, 1, hf, wf]   Wan VAE latent of the aligned face crop(s), model space
-    "{i}.face_mask"    [T, h, w]            optional, face mask in 0..1 at latent resolution
+    "{i}.face_mask"    [T, h, w]            optional, face mask in 0..1 at latent resolution (several people: the
+                                            union of their faces, for LVPL's face weighting)
+  several people in one clip (format version 2; P = 2..4 people, person 1 in the keys above):
+    "{i}.person_mask"  [P, T, h, w]         each person's region in 0..1 at latent resolution (its presence marks a
+                                            multi-person sample; identity k is bound to region k)
+    "{i}.person{k}.arcface", "{i}.person{k}.face_latent"   person k = 2..P, shaped as "arcface" / "face_latent"
 Header (safetensors metadata, all strings): "format" = "moca-train-shard", "format_version" = "1",
 "num_samples", "samples" = JSON list of {"caption", "source", ...} per sample, "face_recognizer" = JSON record of the
 recogniser that made every "arcface" of the shard (moca_model.provenance; absent in shards written before it),
-plus any user metadata.
+plus any user metadata. A shard is written as version 2 only when it holds a multi-person sample, so one-person
+shards stay readable by older code; version 1 shards load unchanged.
 `write_shard` writes atomically (temp file + os.replace); ComfyUI's data-prep node writes the same format.
 """
 from __future__ import annotations
@@ -27,9 +33,11 @@ import torch
 from ..provenance import common_record, from_header, header
 
 SHARD_FORMAT = "moca-train-shard"
-SHARD_VERSION = 1
+SHARD_VERSION = 2
 REQUIRED = ("latents", "text", "arcface", "face_latent")
-OPTIONAL = ("face_mask",)
+MAX_PEOPLE = 4
+PERSON_KEYS = tuple(f"person{k}.{n}" for k in range(2, MAX_PEOPLE + 1) for n in ("arcface", "face_latent"))
+OPTIONAL = ("face_mask", "person_mask") + PERSON_KEYS
 
 
 class ShardError(ValueError):
@@ -66,7 +74,38 @@ def _check_sample(i: int, s: dict, where: str):
     if m is not None and tuple(m.shape) != tuple(lat.shape[1:]):
         raise ShardError(f"{where}: sample {i} face_mask {list(m.shape)} must match the latent grid "
                          f"{list(lat.shape[1:])}")
+    _check_people(i, s, where)
     require_finite(s, f"{where}: sample {i}" + (f" ({s['source']})" if s.get("source") else ""))
+
+
+def num_people(s: dict) -> int:
+    """How many people a sample shows (1 unless it has "person_mask")."""
+    pm = s.get("person_mask")
+    return 1 if pm is None else int(pm.shape[0])
+
+
+def _check_people(i: int, s: dict, where: str):
+    pm = s.get("person_mask")
+    extra = sorted(k for k in PERSON_KEYS if k in s)
+    if pm is None:
+        if extra:
+            raise ShardError(f"{where}: sample {i} has {extra} but no person_mask; a multi-person sample needs each "
+                             "person's region")
+        return
+    lat = s["latents"]
+    P = pm.shape[0]
+    if pm.ndim != 4 or not 2 <= P <= MAX_PEOPLE or tuple(pm.shape[1:]) != tuple(lat.shape[1:]):
+        raise ShardError(f"{where}: sample {i} person_mask must be [P, T, h, w] with P = 2..{MAX_PEOPLE} and the latent "
+                         f"grid {list(lat.shape[1:])}, got {list(pm.shape)}")
+    want = [f"person{k}.{n}" for k in range(2, P + 1) for n in ("arcface", "face_latent")]
+    if sorted(want) != extra:
+        raise ShardError(f"{where}: sample {i} shows {P} people (person_mask) but has identities {extra}; "
+                         f"it needs exactly {want}")
+    for k in range(2, P + 1):
+        a, fl = s[f"person{k}.arcface"], s[f"person{k}.face_latent"]
+        if a.shape[-1] != 512 or a.ndim not in (1, 2) or fl.ndim not in (4, 5) or fl.shape[-4] != 16:
+            raise ShardError(f"{where}: sample {i} person {k}: arcface must be [512] or [R, 512] and face_latent "
+                             f"[16, 1, hf, wf] or [R, 16, 1, hf, wf], got {list(a.shape)}, {list(fl.shape)}")
 
 
 def write_shard(path, samples: list[dict], metadata: dict | None = None, overwrite: bool = True,
@@ -84,7 +123,8 @@ def write_shard(path, samples: list[dict], metadata: dict | None = None, overwri
                 tensors[f"{i}.{k}"] = s[k].detach().to("cpu").contiguous()
         info.append({"caption": str(s.get("caption", "")), "source": str(s.get("source", ""))})
     meta = dict(metadata or {})
-    meta.update({"format": SHARD_FORMAT, "format_version": str(SHARD_VERSION),
+    version = SHARD_VERSION if any(num_people(x) > 1 for x in samples) else 1
+    meta.update({"format": SHARD_FORMAT, "format_version": str(version),
                  "num_samples": str(len(samples)), "samples": json.dumps(info)})
     meta.update(header(recognizer))
     return atomic_save_safetensors(tensors, path, meta, overwrite=overwrite)

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..regions import RegionalIdentity
 from . import flow
 from .config import TrainConfig
+from .data import num_people
 
 _MASK64 = (1 << 63) - 1
 
@@ -37,13 +39,26 @@ class Batch:
     identity_mask: torch.Tensor  # [B] 1 = identity on, 0 = dropped
     face_mask: torch.Tensor | None   # [B, T, h, w]
     has_mask: torch.Tensor      # [B] bool
+    people: "People | None" = None   # several people in a clip (None: every sample shows one person)
 
     def to(self, device, dtype=None):
         def mv(t):
             if t is None:
                 return None
+            if isinstance(t, People):
+                return People(*(mv(x) for x in (t.arcface, t.face_latent, t.region)))
             return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
         return Batch(**{k: mv(v) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class People:
+    """Identities and regions of a batch in which some clip shows several people (K = most people in a clip).
+    Person 0 is the batch's `arcface` / `face_latent`; a one-person clip's region 0 is the whole frame and its
+    other regions are empty (their identities repeat person 0's, never used)."""
+    arcface: torch.Tensor       # [B, K, 512]
+    face_latent: torch.Tensor   # [B, K, 16, 1, hf, wf]
+    region: torch.Tensor        # [B, K, T, h, w] 0..1 (latent grid)
 
 
 class FlowObjective:
@@ -91,15 +106,42 @@ class FlowObjective:
             m = s.get("face_mask")
             has.append(m is not None)
             masks.append(m.float() if m is not None else torch.zeros(shape[1:]))
+        people = None
+        if any(num_people(s) > 1 for s in samples):
+            people = self._people(samples, positions, arc, flat)
         return Batch(torch.stack(x0), torch.stack(noise), torch.stack(sig), torch.stack(ctx), torch.stack(arc),
                      torch.stack(flat), torch.tensor(idm), torch.stack(masks) if any(has) else None,
-                     torch.tensor(has))
+                     torch.tensor(has), people)
+
+    def _people(self, samples, positions, arc, flat) -> People:
+        """Every person's identity and region; the reference of persons 2.. is drawn after the sample's other
+        draws (so a one-person sample draws exactly what it always did)."""
+        K = max(num_people(s) for s in samples)
+        arcs, flats, regions = [], [], []
+        for s, pos, a0, f0 in zip(samples, positions, arc, flat):
+            T, h, w = s["latents"].shape[1:]
+            P = num_people(s)
+            g = sample_generator(self.cfg.train.seed, pos)
+            g.manual_seed(g.initial_seed() + 7919)                  # persons 2..P: a stream of their own
+            pa, pf = [a0], [f0]
+            for k in range(2, P + 1):
+                a, fl = s[f"person{k}.arcface"], s[f"person{k}.face_latent"]
+                n_ref = a.shape[0] if a.ndim == 2 else 1
+                r = int(torch.randint(n_ref, (), generator=g)) if self.cfg.data.reference == "random" else 0
+                pa.append((a[r] if a.ndim == 2 else a).float())
+                pf.append((fl[r] if fl.ndim == 5 else fl).float())
+            region = s["person_mask"].float() if P > 1 else torch.ones(1, T, h, w)
+            arcs.append(torch.stack(pa + [a0] * (K - P)))
+            flats.append(torch.stack(pf + [f0] * (K - P)))
+            regions.append(torch.cat([region, region.new_zeros(K - P, T, h, w)]))
+        return People(torch.stack(arcs), torch.stack(flats), torch.stack(regions))
 
     # ------------------------------------------------------------------ loss
     def losses(self, module: nn.Module, b: Batch) -> dict:
         """Per-sample terms, each [B] float32: "loss" (total), "flow", "lvpl" (0 where not applied), "lvpl_on"."""
         x_t = flow.add_noise(b.x0, b.noise, b.sigma)
-        v = module(x_t, flow.timesteps(b.sigma), b.context, b.arcface, b.face_latent, b.identity_mask)
+        args = (x_t, flow.timesteps(b.sigma), b.context, b.arcface, b.face_latent, b.identity_mask)
+        v = module(*args) if b.people is None else module(*args, b.people)
         target = flow.velocity_target(b.x0, b.noise)
         flow_loss = (v.float() - target.float()).pow(2).flatten(1).mean(dim=1)
         lv = self.cfg.objective.lvpl
@@ -123,6 +165,14 @@ class MoCATrainModule(nn.Module):
         self.dit = dit
         self.lora = lora
 
-    def forward(self, x_t, t, context, arcface, face_latent, identity_mask):
-        identity = self.dit.adapter.tokenizer(arcface=arcface, face_latent=face_latent)     # [B, M, D_id]
+    def forward(self, x_t, t, context, arcface, face_latent, identity_mask, people: People | None = None):
+        if people is None:
+            identity = self.dit.adapter.tokenizer(arcface=arcface, face_latent=face_latent)     # [B, M, D_id]
+        else:                                   # several people: each identity bound to its region
+            K = people.arcface.shape[1]
+            tokens = self.dit.adapter.tokenizer(arcface=people.arcface.flatten(0, 1),
+                                                face_latent=people.face_latent.flatten(0, 1))  # [B*K, M, D_id]
+            tokens = tokens.unflatten(0, (-1, K))                                               # [B, K, M, D_id]
+            identity = RegionalIdentity([tokens[:, k] for k in range(K)],
+                                        masks=[people.region[:, k] for k in range(K)])     # [B, T, h, w] each
         return self.dit(x_t, t, context, identity=identity, identity_mask=identity_mask)

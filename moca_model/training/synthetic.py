@@ -23,6 +23,22 @@ def synthetic_sample(g: torch.Generator, frames: int = 3, height: int = 8, width
     return s
 
 
+def synthetic_multi_sample(g: torch.Generator, people: int = 2, frames: int = 3, height: int = 8, width: int = 8,
+                           **kw) -> dict:
+    """A multi-person sample (shard format version 2): person k's region is the k-th vertical strip of the
+    frame (left to right), its identity random; "face_mask" is the union of the regions' middle rows."""
+    s = synthetic_sample(g, frames=frames, height=height, width=width, mask=False, **kw)
+    regions = torch.zeros(people, frames, height, width)
+    for k in range(people):
+        regions[k, :, :, k * width // people:(k + 1) * width // people] = 1.0
+    s["person_mask"] = regions
+    s["face_mask"] = regions.amax(0) * (torch.arange(height) >= height // 4).float()[None, :, None]
+    for k in range(2, people + 1):
+        s[f"person{k}.arcface"] = torch.randn(s["arcface"].shape, generator=g)
+        s[f"person{k}.face_latent"] = torch.randn(s["face_latent"].shape, generator=g)
+    return s
+
+
 def make_synthetic_shards(out_dir, num_samples: int = 8, per_shard: int = 4, seed: int = 0, **kw) -> list[Path]:
     g = torch.Generator().manual_seed(seed)
     out_dir = Path(out_dir)
