@@ -146,3 +146,38 @@ class RegionalIdentity:
             return torch.cat([t.expand(B, -1, -1) for t in toks], dim=1)
         w = resolve_overlap(self.region_weights(grid).flatten(3), self.overlap)    # [B, K, T, N]
         return ResolvedRegions(tuple(toks), w.to(device=device, dtype=dtype))
+
+
+@dataclass
+class IdentityBindings:
+    """Identities bound to regions before an adapter makes their tokens (what ComfyUI's *MoCA Identity Region*
+    nodes pass along a `MOCA_ID` link): identities are MoCAIdentity objects; masks as in RegionalIdentity (None =
+    left-to-right); overlap and mode as there. `tokens(tokenizer, grid, device, dtype)` gives what a MoCA layer
+    takes on that grid."""
+    identities: list
+    masks: list
+    overlap: str = "largest"
+    mode: str = "regions"
+
+    def __post_init__(self):
+        RegionalIdentity([None] * len(self.identities), self.masks, None, self.overlap, self.mode)   # same checks
+
+    def add(self, identity, mask=None, overlap: str | None = None, mode: str | None = None) -> "IdentityBindings":
+        """A new list with one more bound identity (the last node of a chain sets overlap and mode)."""
+        if isinstance(identity, IdentityBindings):
+            ids, masks = identity.identities, identity.masks
+        else:
+            ids, masks = [identity], [mask]
+        return IdentityBindings(self.identities + list(ids), self.masks + list(masks),
+                                overlap or self.overlap, mode or self.mode)
+
+    def regional(self, tokenizer, device=None, dtype=None) -> RegionalIdentity:
+        toks = [i.tokens(tokenizer, device=device) for i in self.identities]            # [1, M_k, D_id] each
+        if dtype is not None:
+            toks = [t.to(dtype) for t in toks]
+        return RegionalIdentity(toks, self.masks, None, self.overlap, self.mode)
+
+    def summary(self) -> str:
+        where = ["left-to-right position" if m is None else f"mask {list(torch.as_tensor(m).shape)}" for m in self.masks]
+        return (f"{len(self.identities)} identities ({self.mode}, overlap {self.overlap}): " +
+                "; ".join(f"{k + 1}: {w}" for k, w in enumerate(where)))

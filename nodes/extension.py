@@ -14,7 +14,8 @@ if paths.toy_vae_notice():
 
 from .nodes_face import MoCAEncodeFace, MoCAIdentityScore, MoCALoadIdentity, MoCASaveIdentity  # noqa: E402
 from .nodes_loaders import MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader  # noqa: E402
-from .nodes_moca import MoCAApply, MoCAExpertMixing, MoCAIdentityConditioning, MoCATemporalPooling  # noqa: E402
+from .nodes_moca import (MoCAApply, MoCAExpertMixing, MoCAIdentityConditioning, MoCAIdentityRegion,  # noqa: E402
+                         MoCATemporalPooling)
 from .nodes_sampler import MoCASampler  # noqa: E402
 from .nodes_text import MoCALoadTextEmbeds, MoCASaveTextEmbeds, MoCAToyTextEncode  # noqa: E402
 from .nodes_training import MoCASaveTrainingSample  # noqa: E402
@@ -22,7 +23,7 @@ from .nodes_training import MoCASaveTrainingSample  # noqa: E402
 NODES = [
     MoCAAdapterLoader, MoCADiTLoader, MoCAFaceAnalyzerLoader,
     MoCAEncodeFace, MoCASaveIdentity, MoCALoadIdentity,
-    MoCATemporalPooling, MoCAExpertMixing, MoCAApply, MoCAIdentityConditioning,
+    MoCATemporalPooling, MoCAExpertMixing, MoCAApply, MoCAIdentityConditioning, MoCAIdentityRegion,
     MoCASampler, MoCASaveTextEmbeds, MoCALoadTextEmbeds, MoCAIdentityScore, MoCASaveTrainingSample,
     MoCAToyTextEncode,
 ]

@@ -152,10 +152,43 @@ def check_identity_recognizer(adapter_patcher, identity: MoCAIdentity | None, wh
     """Refuse an identity whose ArcFace embeddings come from another face recogniser than the adapter's
     training embeddings (moca_model.provenance); unrecorded sides pass (their files gave a notice on load)."""
     from ..moca_model.provenance import check_identity
+    from ..moca_model.regions import IdentityBindings
+    if isinstance(identity, IdentityBindings):                         # several people: check each one
+        for k, one in enumerate(identity.identities, 1):
+            check_identity_recognizer(adapter_patcher, one, f"{what} (identity region {k})")
+        return
     if identity is not None and identity.arcface is not None:
         check_identity(getattr(adapter_patcher.model, "moca_recognizer", None),
                        f"(input 'moca_adapter', {getattr(adapter_patcher.model, 'moca_name', 'MoCA adapter')})",
                        identity.recognizer, what, "MoCA Apply")
+
+
+def bind_region(previous, moca_id, mask, overlap: str, mode: str):
+    """MoCA Identity Region: `previous` (None, one identity or bindings) + this identity with its MASK
+    ([F, H, W] or [H, W] in 0..1, or None for left-to-right) -> IdentityBindings."""
+    from ..moca_model.regions import IdentityBindings
+    if isinstance(moca_id, IdentityBindings):
+        raise ValueError("MoCA Identity Region: input 'moca_id' is already a list of bound identities; connect it to "
+                         "'previous' and this person's own identity to 'moca_id'.")
+    if mask is not None:
+        mask = mask.detach().float().cpu()
+        if mask.ndim not in (2, 3):
+            raise ValueError(f"MoCA Identity Region: input 'mask' must be a MASK [frames, H, W], got {list(mask.shape)}")
+    if previous is None:
+        return IdentityBindings([moca_id], [mask], overlap, mode)
+    if not isinstance(previous, IdentityBindings):  # a plain identity as 'previous': the first person, left to right
+        previous = IdentityBindings([previous], [None], overlap, mode)
+    return previous.add(moca_id, mask, overlap, mode)
+
+
+def single_identity(moca_id, node: str):
+    """`moca_id` when it is one identity; a clear error for a list of MoCA Identity Region bindings."""
+    from ..moca_model.regions import IdentityBindings
+    if isinstance(moca_id, IdentityBindings):
+        raise ValueError(f"{node}: input 'moca_id' is a list of {len(moca_id.identities)} identities bound to regions "
+                         "(MoCA Identity Region); this node takes one identity. Connect the identity itself (MoCA Encode "
+                         "Face or MoCA Load Identity) here.")
+    return moca_id
 
 
 def resolve_identity(default: MoCAIdentity | None, apply_to: str, marker) -> MoCAIdentity | None:

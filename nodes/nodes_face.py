@@ -13,7 +13,7 @@ import folder_paths
 from ..moca_model.identity import MoCAIdentity
 from ..moca_model.latents import normalize_latent
 from . import paths
-from .logic import check_choices, likeness_plot, require_choices, safe_prefix
+from .logic import check_choices, likeness_plot, require_choices, safe_prefix, single_identity
 from .types import MocaFaceAnalyzer, MocaId
 
 SELECT = ["largest", "left_to_right", "index"]
@@ -136,6 +136,7 @@ class MoCASaveIdentity(io.ComfyNode):
 
     @classmethod
     def execute(cls, moca_id, filename_prefix):
+        moca_id = single_identity(moca_id, "MoCA Save Identity")
         path = paths.output_path("moca_identities", safe_prefix(filename_prefix, "identity"))
         moca_id.save(path, overwrite=False)
         return io.NodeOutput(path, ui=ui.PreviewText(f"saved {os.path.basename(path)}: {moca_id.summary()}"))
@@ -180,7 +181,9 @@ class MoCAIdentityScore(io.ComfyNode):
         return io.Schema(
             node_id="MoCAIdentityScore", display_name="MoCA Identity Score", category="MoCA/face",
             description="Likeness QA: the ArcFace cosine similarity between every video frame's face and the reference "
-                        "identity, with a summary (mean, min, 10th percentile, frames without a face) and a plot.",
+                        "identity, with a summary (mean, min, 10th percentile, frames without a face) and a plot. With "
+                        "several identities (MoCA Identity Region) it scores each person's face against its own reference "
+                        "and the others': own / other likeness per person, swap rate, blend rate, one plot row per person.",
             inputs=[io.Image.Input("frames", tooltip="Decoded video frames (VAE Decode output)."),
                     MocaId.Input("moca_id", tooltip="The reference identity."),
                     MocaFaceAnalyzer.Input("face_analyzer", tooltip="From MoCA Face Analyzer Loader."),
@@ -196,6 +199,9 @@ class MoCAIdentityScore(io.ComfyNode):
     @classmethod
     def execute(cls, frames, moca_id, face_analyzer, threshold):
         from ..moca_model.face import likeness_scores
+        from ..moca_model.regions import IdentityBindings
+        if isinstance(moca_id, IdentityBindings):
+            return cls._several(frames, moca_id, face_analyzer, threshold)
         ref = moca_id.mean_embedding()
         if ref is None:
             raise ValueError("input 'moca_id': this identity has no ArcFace embedding, so likeness cannot be measured; "
@@ -211,3 +217,28 @@ class MoCAIdentityScore(io.ComfyNode):
         mean = float(report.mean) if report.mean is not None else 0.0
         shown = {**ui.PreviewImage(plot, cls=cls).as_dict(), "text": (summary, per_frame)}
         return io.NodeOutput(mean, per_frame, summary, plot, ui=shown)
+
+    @classmethod
+    def _several(cls, frames, bound, face_analyzer, threshold):
+        """Several people (MoCA Identity Region): each person's face (found by its mask, else left to right) against
+        its own reference and the others'; swap and blend rates."""
+        from ..moca_model.face.multi_likeness import face_similarities, multi_scores, summary
+        for k, one in enumerate(bound.identities, 1):
+            if one.mean_embedding() is None:
+                raise ValueError(f"input 'moca_id': identity region {k} has no ArcFace embedding, so likeness cannot be "
+                                 "measured; encode it with MoCA Encode Face.")
+        if frames.ndim != 4:
+            raise ValueError(f"input 'frames': expected an IMAGE batch [N, H, W, C], got {list(frames.shape)}")
+        if len(bound.identities) < 2:
+            raise ValueError("input 'moca_id': one bound identity; connect the identity itself to score one person")
+        sims = face_similarities(face_analyzer, frames, bound.identities, bound.masks)      # [F, P, P]
+        scores = multi_scores(sims, threshold)
+        text = summary(scores)
+        per_frame = "; ".join(", ".join("none" if v != v else f"{v:.3f}" for v in sims[f].diagonal().tolist())
+                              for f in range(sims.shape[0]))
+        plot = torch.cat([likeness_plot(sims[:, k, k].tolist(), threshold=threshold)
+                          for k in range(sims.shape[1])], dim=1)                             # one row per person
+        own = [v for v in scores["own"] if v is not None]
+        mean = float(sum(own) / len(own)) if own else 0.0
+        shown = {**ui.PreviewImage(plot, cls=cls).as_dict(), "text": (text, per_frame)}
+        return io.NodeOutput(mean, per_frame, text, plot, ui=shown)

@@ -1,10 +1,10 @@
-"""Configure and attach MoCA: temporal pooling, expert mixing, MoCA Apply, identity conditioning."""
+"""Configure and attach MoCA: temporal pooling, expert mixing, MoCA Apply, identity conditioning, identity regions."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .logic import (APPLY_TO, IDENTITY_MODES, SCALE_NAMES, build_options, check_choices, make_mixing, make_pooling,
-                    marker_for, mixing_blocks)
+from .logic import (APPLY_TO, IDENTITY_MODES, SCALE_NAMES, bind_region, build_options, check_choices, make_mixing,
+                    make_pooling, marker_for, mixing_blocks, require_choices)
 from .patch import apply_moca, mark_conditioning
 from .types import MocaAdapter, MocaId, MocaMixing, MocaPooling
 
@@ -89,7 +89,8 @@ class MoCAApply(io.ComfyNode):
                         "(identity on every pass), MoCA Sampler, and DualCFGGuider with MoCA Identity Conditioning.",
             inputs=[io.Model.Input("model", tooltip="A Wan 2.1 text-to-video MODEL (Load Diffusion Model or MoCA-DiT Loader)."),
                     MocaAdapter.Input("moca_adapter", tooltip="From MoCA Adapter Loader or MoCA-DiT Loader."),
-                    MocaId.Input("moca_id", tooltip="The identity (MoCA Encode Face or Load Identity)."),
+                    MocaId.Input("moca_id", tooltip="The identity (MoCA Encode Face or Load Identity), or several "
+                                                    "identities each bound to a region (MoCA Identity Region)."),
                     io.Combo.Input("apply_to", options=list(APPLY_TO), default="all",
                                    tooltip="all: every model pass gets the identity (KSampler: positive and negative "
                                            "alike). marked conditioning only: only conditionings marked 'with identity' "
@@ -131,3 +132,41 @@ class MoCAIdentityConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, identity, moca_id=None):
         return io.NodeOutput(mark_conditioning(conditioning, marker_for(identity, moca_id)))
+
+
+REGION_OVERLAP = ("largest", "blend")
+REGION_BINDING = ("regions", "concat (naive baseline)")
+
+
+class MoCAIdentityRegion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoCAIdentityRegion", display_name="MoCA Identity Region", category="MoCA",
+            description="Binds an identity to a region of the video, for several people in one video (up to 4): chain "
+                        "one node per person (previous -> next) and connect the last one to MoCA Apply's moca_id. Video "
+                        "tokens inside a region attend only to that region's identity; outside every region there is "
+                        "no identity at all.",
+            inputs=[MocaId.Input("moca_id", tooltip="This person's identity (MoCA Encode Face or Load Identity)."),
+                    io.Mask.Input("mask", optional=True,
+                                  tooltip="Where this person is: one mask, or one per video frame (white = this person; "
+                                          "any size, scaled to the latent grid). Without a mask, people are bound left "
+                                          "to right in chain order: the frame is split into equal vertical strips."),
+                    MocaId.Input("previous", optional=True,
+                                 tooltip="The identities bound so far (the previous MoCA Identity Region)."),
+                    io.Combo.Input("overlap", options=list(REGION_OVERLAP), default="largest",
+                                   tooltip="Where regions overlap: largest = the person with the larger mask value takes "
+                                           "the token; blend = the identities mix by their mask values. The last node "
+                                           "of a chain decides."),
+                    io.Combo.Input("binding", options=list(REGION_BINDING), default="regions",
+                                   tooltip="regions: each person gets its own identity. concat: every identity's tokens "
+                                           "together everywhere, no regions (the naive approach, for comparison). The "
+                                           "last node of a chain decides.")],
+            outputs=[MocaId.Output(display_name="moca_id", tooltip="The identities bound so far (for MoCA Apply or the "
+                                                                   "next MoCA Identity Region).")])
+
+    @classmethod
+    def execute(cls, moca_id, overlap, binding, mask=None, previous=None):
+        require_choices('MoCA Identity Region', overlap=(overlap, REGION_OVERLAP), binding=(binding, REGION_BINDING))
+        bound = bind_region(previous, moca_id, mask, overlap, "concat" if binding.startswith("concat") else "regions")
+        return io.NodeOutput(bound, ui={"text": (bound.summary(),)})

@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from . import paths
-from .logic import safe_prefix
+from .logic import safe_prefix, single_identity
 from .types import MocaId
 
 
@@ -37,6 +37,7 @@ class MoCASaveTrainingSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, video_latent, caption_conditioning, moca_id, caption, filename_prefix, face_mask=None):
+        moca_id = single_identity(moca_id, "MoCA Save Training Sample")
         from ..moca_model.training.data import ShardError, sample_from_parts, write_shard
         samples = video_latent["samples"]
         if samples.ndim != 5 or samples.shape[0] != 1:

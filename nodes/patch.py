@@ -25,6 +25,7 @@ import comfy.patcher_extension
 
 from ..moca_model.identity import MoCAIdentity
 from ..moca_model.options import MoCAOptions, ResolvedOptions
+from ..moca_model.regions import IdentityBindings, ResolvedRegions
 from .logic import APPLY_TO, check_identity_recognizer, latent_grid, resolve_identity
 
 KEY = "moca"                 # wrapper key and transformer_options key
@@ -58,7 +59,7 @@ class MoCAState:
 @dataclass
 class MoCARun:
     """Per model call: identity tokens, token grid, options (lives only inside one transformer_options)."""
-    tokens: torch.Tensor      # [1 | B, M, D_id]
+    tokens: torch.Tensor | ResolvedRegions   # [1 | B, M, D_id], or several identities with their region weights
     grid: tuple               # (T, h, w)
     opts: ResolvedOptions
     ran: set = field(default_factory=set)     # blocks whose MoCA patch ran (a patch added later may replace it)
@@ -170,7 +171,11 @@ class MoCADiffusionWrapper:
         time_concat = args[1] if len(args) > 1 else kwargs.get("time_dim_concat")
         extra = 0 if time_concat is None else math.ceil(time_concat.shape[2] / dm.patch_size[0]) * dm.patch_size[0]
         grid = latent_grid(x.shape, tuple(dm.patch_size), extra)
-        tokens = identity.tokens(st.adapter.tokenizer, device=x.device).to(x.dtype)
+        if isinstance(identity, IdentityBindings):     # several people, each bound to a region of this grid
+            tokens = identity.regional(st.adapter.tokenizer, device=x.device, dtype=x.dtype).resolve(
+                grid, device=x.device, dtype=x.dtype)
+        else:
+            tokens = identity.tokens(st.adapter.tokenizer, device=x.device).to(x.dtype)
         run = MoCARun(tokens, grid, st.resolved)
         args, kwargs = _with_options(args, kwargs, 2, lambda o: _set(o, KEY, st.uid, run))
         out = executor(x, timestep, context, *args, **kwargs)

@@ -47,6 +47,7 @@ OUTPUTS = {
     "MoCAIdentityConditioning": ["CONDITIONING"], "MoCASampler": ["LATENT"], "MoCASaveTextEmbeds": ["STRING"],
     "MoCALoadTextEmbeds": ["CONDITIONING", "STRING"], "MoCAIdentityScore": ["FLOAT", "STRING", "STRING", "IMAGE"],
     "LoraLoaderModelOnly": ["MODEL"], "KSamplerAdvanced": ["LATENT"], "MoCAToyTextEncode": ["CONDITIONING"],
+    "MoCAIdentityRegion": ["MOCA_ID"],
 }
 # Linked input names and their types (in the node's input order), for the UI "inputs" lists.
 LINK_INPUTS = {
@@ -70,6 +71,7 @@ LINK_INPUTS = {
     "MoCASampler": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("moca_id", "MOCA_ID")],
     "MoCASaveTextEmbeds": [("conditioning", "CONDITIONING")],
     "MoCAIdentityScore": [("frames", "IMAGE"), ("moca_id", "MOCA_ID"), ("face_analyzer", "MOCA_FACE_ANALYZER")],
+    "MoCAIdentityRegion": [("moca_id", "MOCA_ID"), ("mask", "MASK"), ("previous", "MOCA_ID")],
 }
 # Widget names in input order (UI-only extra values are marked with None), for the API format.
 WIDGETS = {
@@ -95,6 +97,7 @@ WIDGETS = {
     "MoCAIdentityScore": ["threshold"], "MoCAToyTextEncode": ["text"], "LoraLoaderModelOnly": ["lora_name", "strength_model"],
     "KSamplerAdvanced": ["add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
                          "end_at_step", "return_with_leftover_noise"],
+    "MoCAIdentityRegion": ["overlap", "binding"],
 }
 
 
@@ -435,6 +438,61 @@ def toy() -> Graph:
     return g
 
 
+# Two people in one toy video: each identity bound to its place in the frame (MoCA Identity Region).
+TOY_FACE_2 = "moca_toy_person_100001.png"
+TOY_TWO_PROMPT = "two people smile, in warm evening light, against a plain teal wall"
+TOY_TWO_NOTE = f"""MoCA toy world - two people, two faces (runs on a CPU, nothing to download).
+
+Each reference photo is encoded, then bound to a region by a MoCA Identity Region node: the two nodes are
+chained (previous -> next) and the last one goes to MoCA Apply's moca_id. Video tokens inside a region attend
+only to that region's identity; outside every region there is no identity at all.
+
+No mask is connected here, so the people are bound left to right in chain order: the first node is the person
+on the left half of the frame, the second the right half (the toy world's two-person clips put one person in
+each half). Connect a MASK (one, or one per frame; white = this person) to a region node to place a person
+exactly. Set 'binding' on the last region node to 'concat (naive baseline)' to see the naive approach (both
+identities everywhere). MoCA Identity Score reports each person's likeness to its own photo and to the other's,
+the swap rate and the blend rate.
+
+Models: {TOY_DIT}, {TOY_VAE}, {TOY_ADAPTER} and the 'toyface' pack from the pack's toy_models/ folder.
+Needs ComfyUI 0.8.0 or newer (the narrow toy VAE).
+"""
+
+
+def toy_two() -> Graph:
+    g = Graph("moca_toy_two_people_cpu")
+    g.add("Note", [TOY_TWO_NOTE], pos=(-1.2, 0), size=[420, 640], title="Read me: two people")
+    unet = g.add("UNETLoader", [TOY_DIT, "default"], pos=(0, 0))
+    vae = g.add("VAELoader", [TOY_VAE], pos=(0, 1))
+    ana = g.add("MoCAFaceAnalyzerLoader", ["toyface", "cpu", 640], pos=(0, 2))
+    shift = g.add("ModelSamplingSD3", [3.0], pos=(0, 3), inputs={"model": (unet, 0)}, title="Shift 3 (what the toy model was sampled with)")
+    regions = []
+    for k, face in enumerate((TOY_FACE, TOY_FACE_2)):
+        side = ("left", "right")[k]
+        img = g.add("LoadImage", [face, "image"], pos=(1, 2 * k), title=f"Person {k + 1} ({side}): reference photo")
+        enc = g.add("MoCAEncodeFace", ["largest", 0, "error", "mean", 128], pos=(2, 2 * k),
+                    inputs={"image": (img, 0), "face_analyzer": (ana, 0), "vae": (vae, 0)})
+        links = {"moca_id": (enc, 0)}
+        if regions:
+            links["previous"] = (regions[-1], 0)
+        regions.append(g.add("MoCAIdentityRegion", ["largest", "regions"], pos=(2, 2 * k + 1), inputs=links,
+                             title=f"Person {k + 1}: the {side} of the frame (no mask: left to right)"))
+    ada = g.add("MoCAAdapterLoader", [TOY_ADAPTER, "default"], pos=(3, 0))
+    mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, "all"], pos=(3, 1), size=[340, 380])
+    app = g.add("MoCAApply", ["all"], pos=(3, 2), inputs={"model": (shift, 0), "moca_adapter": (ada, 0),
+                                                          "moca_id": (regions[-1], 0), "moca_mixing": (mix, 0)})
+    pos = g.add("MoCAToyTextEncode", [TOY_TWO_PROMPT], pos=(4, 0), title="Prompt (toy words)")
+    neg = g.add("MoCAToyTextEncode", [""], pos=(4, 1), title="Negative (empty)")
+    smp = g.add("MoCASampler", [128, 128, 17, 20, 5.0, 2.0, 0.0, 0, "fixed", "dpmpp_2m", "simple", 1], pos=(4, 2),
+                inputs={"model": (app, 0), "positive": (pos, 0), "negative": (neg, 0)}, size=[340, 380])
+    dec = g.add("VAEDecode", [], pos=(5, 0), inputs={"samples": (smp, 0), "vae": (vae, 0)})
+    g.add("MoCAIdentityScore", [0.4], pos=(5, 1), inputs={"frames": (dec, 0), "moca_id": (regions[-1], 0),
+                                                          "face_analyzer": (ana, 0)})
+    vid = g.add("CreateVideo", [8.0], pos=(5, 2), inputs={"images": (dec, 0)})
+    g.add("SaveVideo", ["video/MoCA_toy_two", "auto", "auto"], pos=(6, 0), inputs={"video": (vid, 0)}, size=[400, 420])
+    return g
+
+
 # The CPU smoke test (run headless by tests/test_comfy_server.py on tiny random models the test builds).
 SMOKE_DIT = "moca_tiny_dit.safetensors"
 SMOKE_VAE = "moca_tiny_test_vae.safetensors"
@@ -465,13 +523,14 @@ def smoke() -> Graph:
     return g
 
 
-UI_GRAPHS = (basic, distilled, wan22, dual_guidance, fuse_references, likeness_qa, toy)
+UI_GRAPHS = (basic, distilled, wan22, dual_guidance, fuse_references, likeness_qa, toy, toy_two)
 
 
 def outputs() -> dict[Path, dict]:
     files = {ROOT / "example_workflows" / f"{g().name}.json": g().ui() for g in UI_GRAPHS}
     files[ROOT / "example_workflows" / "api" / "moca_smoke_cpu_api.json"] = smoke().api()
     files[ROOT / "example_workflows" / "api" / "moca_toy_world_cpu_api.json"] = toy().api()
+    files[ROOT / "example_workflows" / "api" / "moca_toy_two_people_cpu_api.json"] = toy_two().api()
     return files
 
 
