@@ -178,6 +178,7 @@ class IdentityBindings:
         return RegionalIdentity(toks, self.masks, None, self.overlap, self.mode)
 
     def summary(self) -> str:
-        where = ["left-to-right position" if m is None else f"mask {list(torch.as_tensor(m).shape)}" for m in self.masks]
+        where = ["left-to-right position" if m is None else f"mask {list(torch.as_tensor(m).shape)}"
+                 for m in self.masks]
         return (f"{len(self.identities)} identities ({self.mode}, overlap {self.overlap}): " +
                 "; ".join(f"{k + 1}: {w}" for k, w in enumerate(where)))

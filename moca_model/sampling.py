@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from .regions import RegionalIdentity
+
 SOLVERS = ("euler", "dpmpp_2m")
 
 
@@ -73,7 +75,8 @@ def sample(model, noise: torch.Tensor, context: torch.Tensor, negative_context: 
     """Integrate from pure noise (sigma = 1) to a clean latent.
 
     model: a MoCADiT (or anything with its forward signature). noise [B, 16, T, H, W];
-    context / negative_context [B, L, text_dim] (negative defaults to zeros); identity [B|1, M, D_id] or None.
+    context / negative_context [B, L, text_dim] (negative defaults to zeros); identity [B|1, M, D_id], a
+    RegionalIdentity (several people; its tokens [1, M_k, D_id] broadcast over B) or None.
     id_start / id_end: fraction of the schedule (0 = first step) where identity guidance acts.
     cancel: a threading.Event or a callable returning True to stop (raises SamplingCancelled).
     callback(step, total, x, x0) after each step, e.g. for previews.
@@ -115,8 +118,8 @@ def sample(model, noise: torch.Tensor, context: torch.Tensor, negative_context: 
             for n, vn in zip(names, out.chunk(len(names))):
                 add(n, vn)
         if "text_id" in coefs:
-            add("text_id", model(x, t, context.expand(B, -1, -1), identity=identity.expand(B, -1, -1),
-                                 moca_options=moca_options))
+            ident = identity if isinstance(identity, RegionalIdentity) else identity.expand(B, -1, -1)
+            add("text_id", model(x, t, context.expand(B, -1, -1), identity=ident, moca_options=moca_options))
         return v
 
     bar = tqdm(range(steps), desc=f"MoCA {solver}", disable=not progress, leave=False)

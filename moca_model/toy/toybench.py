@@ -514,6 +514,15 @@ def main(argv=None) -> int:
     ap.add_argument("--classifiers", default=str(FILES["classifiers"]))
     ap.add_argument("--no-costs", action="store_true", help="skip the parameter-share and step-time section")
     ap.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)   # a worker of --procs N
+    ap.add_argument("--multi", action="store_true", help="two people per video (toybench_multi.py): per-person "
+                    "likeness to its own and the other reference, swap and blend rates, for each binding; --people "
+                    "counts pairs")
+    ap.add_argument("--bindings", nargs="+", default=["regions", "masks", "concat"],
+                    choices=["regions", "masks", "concat"], help="with --multi: identity regions left to right, from "
+                    "the world clip's masks, and the naive concatenation baseline")
+    ap.add_argument("--blend-threshold", type=float, default=0.4, help="with --multi: a face 'looks like' a "
+                    "reference at or above this likeness (blend rate: both references at once)")
+    ap.add_argument("--no-strip", action="store_true", help="with --multi: skip the PNG strip")
     a = ap.parse_intermixed_args(argv)
     import torch
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -544,6 +553,12 @@ def main(argv=None) -> int:
         if untrained:
             print(f"[toybench] not trained yet in {out} (left out): {', '.join(untrained)}; "
                   "`python -m moca_model toybench --train-all` trains them")
+    if a.multi:                                            # two people per video: toybench_multi.py
+        from .toybench_multi import run_multi
+        a.people, a.prompts, a.steps = people, prompts, steps
+        run_multi(a, chosen, out)
+        print(f"[toybench] wrote {out / 'results_multi'}{'_quick' if a.quick else ''}.json, .md, .png")
+        return 0
     t0 = time.perf_counter()
     if a.procs > 1 and len(chosen) > 1 and not a.no_summary:
         evaluate_in_parallel(a, chosen, argv_of(a))

@@ -1,0 +1,184 @@
+"""`python -m moca_model toybench --multi`: two people in one toy video (issue 12, part 4).
+
+For the first --people pairs of held-out identities (HELDOUT_IDS[2n], HELDOUT_IDS[2n + 1]) and --prompts prompts
+each: the caption of the world's two-person clip `make_two_person_clip((a, b), PROMPT_SEEDS[k])`, each person's
+reference photo `make_reference(p, 0)`, a fixed sampling seed per video (`toybench.video_seed`, the same for every
+adapter and binding). Each adapter generates every video in each binding of `BINDINGS`:
+  regions  - identity regions bound left to right (no masks; the world puts person a on the left, b on the right)
+  masks    - identity regions from the head masks of the world's own clip of that prompt, per frame (an oracle
+             layout: what a user's masks give when the people stand where the masks say)
+  concat   - the naive baseline: both identities' tokens concatenated, attended everywhere, no regions
+Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
+assigned left to right, as the layout asks): each person's likeness to its own reference and the highest to the
+other's, the swap rate (faces more similar to the other reference), the blend rate (own and other reference both
+at or above --blend-threshold at once) and the share of missing faces; 95% bootstrap intervals over videos.
+The single-identity numbers are `toybench` without --multi: one identity takes the unchanged single-identity path
+(bit-identical to before identity regions existed: tests/test_core_regions.py).
+Per-video results go to `<out>/eval_multi/<label>-<binding>-<digest>/` (resumable); outputs `<out>/results_multi.json`,
+`results_multi.md` and `results_multi.png` (a strip: per binding, frames of the first video).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+BINDINGS = ("regions", "masks", "concat")
+BLEND_THRESHOLD = 0.4
+MULTI_MEANS = ("own", "cross", "swap_rate", "blend_rate", "missing")
+
+
+def two_person_item(n: int, k: int) -> dict:
+    """Pair n's k-th prompt: people, caption, reference photos and the world clip's per-person head masks."""
+    from . import world
+    from .toybench import PROMPT_SEEDS
+    a, b = world.HELDOUT_IDS[2 * n], world.HELDOUT_IDS[2 * n + 1]
+    clip = world.make_two_person_clip((a, b), PROMPT_SEEDS[k])
+    masks = [np.stack([f[p].mask for f in clip.faces]) for p in (0, 1)]          # [F, H, W] bool each
+    return {"people": [int(a), int(b)], "prompt_index": k, "caption": clip.caption,
+            "references": [world.make_reference(p, 0).image for p in (a, b)], "masks": masks,
+            "world_frames": clip.frames}
+
+
+def binding(tokens: list, item: dict, mode: str):
+    """The RegionalIdentity of one binding: tokens [1, M, D_id] per person (item's order)."""
+    import torch
+
+    from ..regions import RegionalIdentity
+    if mode == "regions":
+        return RegionalIdentity(tokens)
+    if mode == "masks":
+        return RegionalIdentity(tokens, masks=[torch.from_numpy(m).float() for m in item["masks"]])
+    if mode == "concat":
+        return RegionalIdentity(tokens, mode="concat")
+    raise ValueError(f"toybench --multi: binding {mode!r} is not one of {BINDINGS}")
+
+
+def multi_video_metrics(judge, frames, references, threshold: float = BLEND_THRESHOLD) -> dict:
+    """Two-person metrics of one video: frames [F, H, W, 3]; references: each person's photo (left to right)."""
+    import torch
+
+    from ..face.multi_likeness import face_similarities, multi_scores
+    from .metrics import reference_embedding
+    refs = [reference_embedding(judge, r) for r in references]
+    sims = face_similarities(judge, torch.from_numpy(np.ascontiguousarray(frames)).float() / 255, refs)
+    s = multi_scores(sims, threshold)
+    own = [v for v in s["own"] if v is not None]
+    cross = [v for v in s["cross"] if v is not None]
+    return {"own": float(np.mean(own)) if own else None, "cross": float(np.mean(cross)) if cross else None,
+            "own_per_person": s["own"], "cross_per_person": s["cross"], "swap_rate": s["swap_rate"],
+            "blend_rate": s["blend_rate"], "missing": s["missing"], "faces": s["faces"]}
+
+
+def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts: int, seed: int, steps, out: Path,
+                   mode: str, threshold: float = BLEND_THRESHOLD, log=print) -> list[dict]:
+    """Per-video two-person metrics of one adapter in one binding, resumable."""
+    from .toybench import _digest, _write_json, video_seed
+    settings = {"pairs": pairs, "prompts": prompts, "seed": seed, "steps": steps, "preset": models.a.preset,
+                "threshold": threshold,
+                **{k: Path(getattr(models.a, k)) for k in ("backbone", "vae", "eval_recogniser")}}
+    digest = _digest(adapter if adapter is not None else "no_identity", settings)
+    folder = out / "eval_multi" / f"{label}-{mode}-{digest}"
+    rows, pipe, t0 = [], None, time.perf_counter()
+    opts = {} if steps is None else {"steps": steps}
+    for n in range(pairs):
+        tokens = None
+        for k in range(prompts):
+            path = folder / f"{n}_{k}.json"
+            if path.is_file():
+                rows.append(json.loads(path.read_text()))
+                continue
+            pipe = pipe or models.pipeline(adapter)
+            item = two_person_item(n, k)
+            ident = None
+            if adapter is not None:
+                tokens = tokens or [pipe.identity(r) for r in item["references"]]
+                ident = binding(tokens, item, mode)
+            frames = pipe.generate(item["caption"], ident, seed=video_seed(seed, n, k), **opts)
+            row = {"people": item["people"], "prompt_index": k, "caption": item["caption"], "binding": mode,
+                   **multi_video_metrics(models.judge, frames, item["references"], threshold)}
+            _write_json(path, row)
+            rows.append(row)
+        if (n + 1) % 10 == 0:
+            log(f"[toybench --multi] {label} ({mode}): {n + 1}/{pairs} pairs ({time.perf_counter() - t0:.0f} s)")
+    return rows
+
+
+def summarise_multi(rows: list[dict]) -> dict:
+    from .metrics import bootstrap_ci
+    from .toybench import _finite
+    s = {"videos": len(rows)}
+    for key in MULTI_MEANS:
+        mean, lo, hi = _finite(bootstrap_ci([None if r.get(key) is None else float(r[key]) for r in rows]))
+        s[key] = {"mean": mean, "ci95": [lo, hi], "n": sum(r.get(key) is not None for r in rows)}
+    return s
+
+
+def markdown_multi(res: dict) -> str:
+    """The results table: one row per adapter and binding."""
+    def ci(d):
+        if d["mean"] is None:
+            return "n/a"
+        return f"{d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
+    lines = [f"Two people per video: {res['pairs']} pairs of held-out people x {res['prompts']} prompt(s); evaluation "
+             f"recogniser; blend threshold {res['threshold']}.", "",
+             "| adapter | binding | own likeness | other's likeness | swap rate | blend rate | faces missing |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        s = r["summary"]
+        lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {ci(s['swap_rate'])} | "
+                     f"{ci(s['blend_rate'])} | {ci(s['missing'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def strip(frames_by_row: list[tuple[str, np.ndarray]], path: Path, every: int = 4):
+    """A PNG strip: one row per (label, frames [F, H, W, 3]), every `every`-th frame, label on the left."""
+    from PIL import Image, ImageDraw
+
+    from ..atomic import atomic_target
+    rows = []
+    for label, frames in frames_by_row:
+        picked = frames[::every]
+        row = np.concatenate(list(picked), axis=1)
+        pad = Image.new("RGB", (160, row.shape[0]), (20, 20, 24))
+        ImageDraw.Draw(pad).text((6, row.shape[0] // 2 - 6), label, fill=(230, 230, 230))
+        rows.append(np.concatenate([np.asarray(pad), row], axis=1))
+    width = max(r.shape[1] for r in rows)
+    img = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    with atomic_target(path, overwrite=True) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+    return path
+
+
+def run_multi(a, chosen, out: Path, log=print) -> dict:
+    """--multi: every chosen adapter in every binding (a.bindings), summary files, the strip."""
+    from .toybench import Models, _write_json, video_seed
+    models = Models(a)
+    pairs, prompts = a.people, a.prompts
+    res = {"pairs": pairs, "prompts": prompts, "threshold": a.blend_threshold, "seed": a.seed, "rows": []}
+    for label, adapter in chosen:
+        for mode in (a.bindings if adapter is not None else ("none",)):
+            rows = evaluate_multi(models, label, adapter, pairs, prompts, a.seed, a.steps, out, mode,
+                                  a.blend_threshold, log)
+            res["rows"].append({"label": label, "binding": mode, "summary": summarise_multi(rows)})
+    suffix = "_quick" if a.quick else ""
+    _write_json(out / f"results_multi{suffix}.json", res)
+    from ..atomic import atomic_target
+    with atomic_target(out / f"results_multi{suffix}.md", overwrite=True) as tmp:
+        Path(tmp).write_text(markdown_multi(res))
+    if not a.no_strip:                        # regenerates the first video per adapter and binding (a few s each)
+        item = two_person_item(0, 0)
+        shown = [("world clip", item["world_frames"])]
+        opts = {} if a.steps is None else {"steps": a.steps}
+        for label, adapter in chosen:
+            pipe = models.pipeline(adapter)
+            tokens = [pipe.identity(r) for r in item["references"]] if adapter is not None else None
+            for mode in (a.bindings if adapter is not None else ("none",)):
+                ident = binding(tokens, item, mode) if adapter is not None else None
+                frames = pipe.generate(item["caption"], ident, seed=video_seed(a.seed, 0, 0), **opts)
+                shown.append((f"{label} / {mode}", frames))
+        strip(shown, out / f"results_multi{suffix}.png")
+    log(markdown_multi(res))
+    return res
