@@ -1,4 +1,6 @@
-"""The toy backbone trainer: text-only flow matching that learns, resumes exactly, and exports a Wan file."""
+"""The toy backbone trainer: text-only flow matching that learns, resumes exactly, and exports a Wan file; and
+the shipped toy_models/diffusion_models/toy_wan_t2v.safetensors follows held-out captions."""
+import pytest
 import torch
 
 from moca_model import MoCAConfig, MoCADiT
@@ -37,3 +39,19 @@ def test_backbone_loss_falls_on_a_fixed_set(tmp_path):
     _, logs = _train(tmp_path, "fit", 100, text_dropout=0.0)
     losses = [float(line.split("loss ")[1].split()[0]) for line in logs if " loss " in line]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+# the shipped backbone on 8 held-out captions, 10 sampling steps: background 0.75 and lighting 0.875 (chance
+# 0.25 / 0.375 among these prompts); on 40 captions at 20 steps 0.85 / 0.78 (docs/toy_world.md). The action is
+# NOT followed (0.15 at chance, the classifier reads 0.53 of actions through the VAE alone), so not asserted.
+SHIPPED_MIN_BACKGROUND, SHIPPED_MIN_LIGHTING = 0.6, 0.6
+
+
+def test_shipped_backbone_follows_heldout_captions():
+    from moca_model.toy.pipeline import FILES
+    if not (FILES["backbone"].is_file() and FILES["vae"].is_file()):
+        pytest.skip(f"the toy backbone / VAE are not in this checkout ({FILES['backbone']}): `make toy` builds them")
+    from moca_model.toy.evaluate import evaluate_backbone
+    r = evaluate_backbone(n_prompts=8, steps=10, log=lambda *a: None)
+    assert r["background_accuracy"]["mean"] >= SHIPPED_MIN_BACKGROUND > r["background_accuracy"]["chance"], r
+    assert r["lighting_accuracy"]["mean"] >= SHIPPED_MIN_LIGHTING > r["lighting_accuracy"]["chance"], r
