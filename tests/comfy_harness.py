@@ -121,6 +121,30 @@ def denoise(model, x, sigma, ctx, model_conds=None):
         return model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to, **(model_conds or {}))
 
 
+def native_tiny_wan(root: Path, seed: int = 0):
+    """tiny_moca() written as a Wan checkpoint under `root` and loaded by ComfyUI's own loader (a native
+    WanModel), plus its adapter as the pack's ModelPatcher: (reference MoCADiT, ComfyUI model, adapter)."""
+    import comfy.sd
+    ref = tiny_moca(seed)
+    path = Path(root) / "tiny_wan.safetensors"
+    pack_module("moca_model").save_wan_checkpoint(path, ref, prefix="model.diffusion_model.", overwrite=True)
+    model = comfy.sd.load_diffusion_model(str(path))
+    adapter = pack_module("nodes.adapter").build_adapter_patcher(ref.config, ref.adapter.state_dict(), "tiny")
+    return ref, model, adapter
+
+
+def saved_video(server, entry: dict):
+    """The frames [F, H, W, 3] uint8 of the first .mp4 a prompt's history entry says it saved."""
+    import av
+    import numpy as np
+    saved = [o for out in entry["outputs"].values() for o in out.get("images", []) + out.get("videos", [])
+             if o["filename"].endswith(".mp4")]
+    assert saved, entry["outputs"]
+    path = server.root / "output" / saved[0]["subfolder"] / saved[0]["filename"]
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
 def tiny_wan_lora(ref, rank: int = 4, seed: int = 0, std: float = 0.05) -> dict:
     """A random LoRA on every attention and FFN linear of a tiny Wan (ComfyUI's "diffusion_model.<layer>"
     lora_up / lora_down / alpha keys, what distilled speed-up LoRAs for Wan use)."""

@@ -30,12 +30,7 @@ sampler_mod = H.pack_module("nodes.nodes_sampler")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wan")
-    ref = H.tiny_moca()
-    path = root / "tiny_wan.safetensors"
-    mm.save_wan_checkpoint(path, ref, prefix="model.diffusion_model.", overwrite=True)
-    model = comfy.sd.load_diffusion_model(str(path))            # ComfyUI's own loader -> native WanModel
-    adapter = adapter_mod.build_adapter_patcher(ref.config, ref.adapter.state_dict(), "tiny")
+    ref, model, adapter = H.native_tiny_wan(tmp_path_factory.mktemp("wan"))   # ComfyUI's loader -> native WanModel
     g = torch.Generator().manual_seed(3)
     identity = mm.MoCAIdentity(torch.randn(2, 512, generator=g), torch.randn(2, 16, 1, 32, 32, generator=g), "mean")
     return ref, model, adapter, identity

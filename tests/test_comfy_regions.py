@@ -12,24 +12,17 @@ pytestmark = pytest.mark.comfyui
 H.require_comfyui()
 H.import_comfy()
 
-import comfy.sd  # noqa: E402
 
 mm = H.pack_module("moca_model")
 regions = H.pack_module("moca_model.regions")
 patch = H.pack_module("nodes.patch")
-adapter_mod = H.pack_module("nodes.adapter")
 nodes_moca = H.pack_module("nodes.nodes_moca")
 nodes_face = H.pack_module("nodes.nodes_face")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wan")
-    ref = H.tiny_moca()
-    path = root / "tiny_wan.safetensors"
-    mm.save_wan_checkpoint(path, ref, prefix="model.diffusion_model.", overwrite=True)
-    model = comfy.sd.load_diffusion_model(str(path))
-    adapter = adapter_mod.build_adapter_patcher(ref.config, ref.adapter.state_dict(), "tiny")
+    ref, model, adapter = H.native_tiny_wan(tmp_path_factory.mktemp("wan"))   # ComfyUI's loader -> native WanModel
     g = torch.Generator().manual_seed(3)
     people = [mm.MoCAIdentity(torch.randn(1, 512, generator=g), torch.randn(1, 16, 1, 32, 32, generator=g), "mean")
               for _ in range(2)]

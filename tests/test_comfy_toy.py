@@ -61,16 +61,6 @@ def _run(server, prompt: dict) -> dict:
     return server.run_prompt(prompt, timeout=400)
 
 
-def _video(server, entry) -> np.ndarray:
-    import av
-    saved = [o for out in entry["outputs"].values() for o in out.get("images", []) + out.get("videos", [])
-             if o["filename"].endswith(".mp4")]
-    assert saved, entry["outputs"]
-    path = server.root / "output" / saved[0]["subfolder"] / saved[0]["filename"]
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def _node(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
@@ -125,7 +115,7 @@ def test_toy_template_makes_a_video_of_the_reference_person(server):
     entry = _run(server, prompt)
     err = H.execution_error(entry)
     assert entry["status"]["status_str"] == "success", json.dumps(err, indent=1)[:4000] if err else server.tail()
-    frames = _video(server, entry)
+    frames = H.saved_video(server, entry)
     assert frames.shape == (17, 128, 128, 3), frames.shape
     std = frames.reshape(17, -1).std(axis=1)
     assert (std > 10).all() and 20 < frames.mean() < 235, f"blank or flat frames: std {std}, mean {frames.mean()}"
@@ -133,7 +123,7 @@ def test_toy_template_makes_a_video_of_the_reference_person(server):
     off = copy.deepcopy(prompt)
     off[_node(off, "MoCAExpertMixing")]["inputs"]["identity_strength"] = 0.0
     off[_node(off, "SaveVideo")]["inputs"]["filename_prefix"] = "video/MoCA_toy_without"
-    without = _video(server, _run(server, off))
+    without = H.saved_video(server, _run(server, off))
     assert np.abs(without.astype(float) - frames.astype(float)).mean() > 1.0, "identity does not change the video"
 
     from PIL import Image

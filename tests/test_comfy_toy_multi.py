@@ -49,23 +49,13 @@ def _node(prompt: dict, class_type: str) -> list[str]:
     return [k for k, v in prompt.items() if v["class_type"] == class_type]
 
 
-def _video(server, entry) -> np.ndarray:
-    import av
-    saved = [o for out in entry["outputs"].values() for o in out.get("images", []) + out.get("videos", [])
-             if o["filename"].endswith(".mp4")]
-    assert saved, entry["outputs"]
-    path = server.root / "output" / saved[0]["subfolder"] / saved[0]["filename"]
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def test_two_person_template_runs_and_scores_both_people(server):
     prompt = json.loads(API.read_text())
     assert len(_node(prompt, "MoCAIdentityRegion")) == 2
     entry = server.run_prompt(prompt, timeout=400)
     err = H.execution_error(entry)
     assert entry["status"]["status_str"] == "success", json.dumps(err, indent=1)[:4000] if err else server.tail()
-    frames = _video(server, entry)
+    frames = H.saved_video(server, entry)
     assert frames.shape == (17, 128, 128, 3), frames.shape
     score = entry["outputs"][_node(prompt, "MoCAIdentityScore")[0]]
     text = "\n".join(str(t) for t in score.get("text", []))
@@ -75,5 +65,5 @@ def test_two_person_template_runs_and_scores_both_people(server):
     off = copy.deepcopy(prompt)
     off[_node(off, "MoCAExpertMixing")[0]]["inputs"]["identity_strength"] = 0.0
     off[_node(off, "SaveVideo")[0]]["inputs"]["filename_prefix"] = "video/MoCA_toy_two_without"
-    without = _video(server, server.run_prompt(off, timeout=400))
+    without = H.saved_video(server, server.run_prompt(off, timeout=400))
     assert np.abs(without.astype(float) - frames.astype(float)).mean() > 1.0, "the identities do not change the video"
