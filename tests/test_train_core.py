@@ -198,6 +198,8 @@ def test_validation_writes_a_video(shards, tmp_path):
     assert frames.shape[0] == 3
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/eval_loss" in x for x in lines) and any("train/loss" in x for x in lines)
+    gains = [x["val/identity_gain"] for x in lines if "val/identity_gain" in x]
+    assert len(gains) == 1 and gains[0] == gains[0]                       # logged, and not NaN
 
 
 @pytest.mark.parametrize("name", ["train_tiny.yaml", "train_wan2.1-1.3b.yaml", "train_wan2.1-14b.yaml",

@@ -114,9 +114,11 @@ class LoggingSection:
 
 @dataclass
 class ValidationSection:
-    every: int = 0                          # steps between validation videos (0 = off)
+    every: int = 0                          # steps between validations (0 = off)
+    video: bool = True                      # sample the fixed validation sample's video (else losses only)
     sample: int = 0                         # dataset index of the fixed validation sample
     eval_samples: int = 4                   # val/eval_loss: the first N samples, batched like training
+    identity_gain: bool = True              # val/identity_gain: eval loss with shuffled references - matched
     steps: int = 20
     text_cfg: float = 5.0
     id_cfg: float = 1.0

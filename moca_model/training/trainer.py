@@ -19,13 +19,16 @@ import torch
 from ..config import MoCAConfig
 from . import build, checkpointing, parallel
 from .config import DTYPES, TrainConfig
-from .data import RankStream, SampleOrder, ShardDataset, micro_batch_loader
+from .data import PERSON_KEYS, RankStream, SampleOrder, ShardDataset, micro_batch_loader
 from .distributed import Dist, configure_determinism
 from .ema import EMA
 from .metrics import MetricsLog
 from .objective import FlowObjective
 
 __all__ = ["Trainer", "Dist", "lr_at", "DTYPES"]
+
+# what eval_loss(identity="shuffled") swaps between samples (person k's where the donor has one)
+IDENTITY_KEYS = ("arcface", "face_latent") + PERSON_KEYS
 
 
 def lr_at(step: int, o) -> float:
@@ -164,16 +167,26 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def eval_loss(self, n: int | None = None, seed_offset: int = 10 ** 12) -> float:
+    def eval_loss(self, n: int | None = None, seed_offset: int = 10 ** 12, identity: str = "matched") -> float:
         """Mean loss on the first n dataset samples (default validation.eval_samples) with fixed draws (same
         every call): a noise-free progress measure for tests and logs (no dropout of text or identity).
-        Samples are batched data.batch_size at a time, clips of one size together."""
+        Samples are batched data.batch_size at a time, clips of one size together.
+
+        identity="shuffled" gives every sample the references of the next sample of its size group (same
+        noise, sigma and text): the loss minus the matched loss is how much the adapter's output depends on
+        *whose* face it is given (`identity_gain`), which a generic improvement of the backbone does not show."""
+        if identity not in ("matched", "shuffled"):
+            raise ValueError(f"eval_loss: identity must be 'matched' or 'shuffled', not {identity!r}")
         c = self.cfg
         n = c.validation.eval_samples if n is None else n
         samples = {i: self.dataset[i] for i in range(min(n, len(self.dataset)))}
         by_size: dict[tuple, list[int]] = {}
         for i, s in samples.items():
             by_size.setdefault((tuple(s["latents"].shape), tuple(s["face_latent"].shape[-4:])), []).append(i)
+        if identity == "shuffled":
+            samples = {i: dict(samples[i], **{k: samples[ids[(j + 1) % len(ids)]][k] for k in IDENTITY_KEYS
+                                              if k in samples[ids[(j + 1) % len(ids)]]})
+                       for ids in by_size.values() for j, i in enumerate(ids)}
         saved = (c.objective.text_dropout, c.objective.id_dropout)
         c.objective.text_dropout = c.objective.id_dropout = 0.0
         total = 0.0
@@ -238,6 +251,17 @@ class Trainer:
             self.close()
 
     # ------------------------------------------------------------------ validation
+    def identity_gain(self, n: int | None = None, matched: float | None = None) -> float | None:
+        """eval_loss with shuffled references minus eval_loss with the right ones (`matched`, computed when
+        not given): > 0 when the adapter uses whose face it is given. None when no two of the first n samples
+        share a clip size (nothing to swap)."""
+        c = self.cfg
+        n = min(c.validation.eval_samples if n is None else n, len(self.dataset))
+        shapes = [tuple(self.dataset[i]["latents"].shape) for i in range(n)]
+        if all(shapes.count(x) < 2 for x in shapes):
+            return None
+        return self.eval_loss(n, identity="shuffled") - (self.eval_loss(n) if matched is None else matched)
+
     def validate(self):
         from .validation import run_validation
         return run_validation(self)

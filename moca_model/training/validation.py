@@ -70,35 +70,49 @@ def run_validation(trainer) -> dict:
     was_training = module.training
     module.eval()
     try:
-        s = trainer.dataset[v.sample % len(trainer.dataset)]
-        dev = trainer.device
-        dt = next(p for p in module.parameters() if p.requires_grad).dtype
-        obj = trainer.objective
-        ctx = obj._pad_text(s["text"])[None].to(dev, dt)
-        neg = obj._pad_text(obj.empty_text)[None].to(dev, dt)
-        a, fl = s["arcface"], s["face_latent"]
-        arc = (a[0] if a.ndim == 2 else a)[None].to(dev, dt)
-        face = (fl[0] if fl.ndim == 5 else fl)[None].to(dev, dt)
-        with trainer._autocast():
-            # Through the (possibly FSDP-wrapped) training module: it makes the identity tokens itself, and
-            # identity_mask = 0 gives the backbone for the sampler's passes without identity.
-            noise = make_noise((1, *s["latents"].shape), v.seed, device=dev, dtype=dt)
-            z = sample(_SamplerView(trainer.model if fsdp else module, arc, face), noise, ctx, neg,
-                       torch.zeros(1, 1, 1, device=dev, dtype=dt), steps=v.steps, text_cfg=v.text_cfg,
-                       id_cfg=v.id_cfg, shift=v.shift, progress=False)
-        frames = latent_to_rgb(z.float())[0]                                       # [T, H, W, 3]
-        out = {"val/eval_loss": trainer.eval_loss()}
+        loss = trainer.eval_loss()
+        out = {"val/eval_loss": loss}
+        gain = trainer.identity_gain(matched=loss) if v.identity_gain else None
+        if gain is not None:
+            out["val/identity_gain"] = gain
+        if v.video:
+            out.update(_validation_video(trainer, module, fsdp))
         if trainer.dist.is_main:
-            path = Path(c.out_dir) / "validation" / f"step_{trainer.step:08d}.mp4"
-            write_video(path, frames, fps=v.fps, overwrite=True)  # a resumed run redoes its own step
-            if v.face_models:
-                score = likeness_to_embedding(v.face_models, v.face_pack, frames, s["arcface"])
-                if score is not None:
-                    out["val/likeness"] = score
             trainer._scalars(out, trainer.step)
-            trainer.log(f"[moca-train] validation video {path}")
         return out
     finally:
         module.train(was_training)
         if not fsdp:
             trainer.dist.barrier()
+
+
+def _validation_video(trainer, module, fsdp: bool) -> dict:
+    """Sample the fixed validation sample's video, write it, and score its likeness when configured."""
+    c, v = trainer.cfg, trainer.cfg.validation
+    s = trainer.dataset[v.sample % len(trainer.dataset)]
+    dev = trainer.device
+    dt = next(p for p in module.parameters() if p.requires_grad).dtype
+    obj = trainer.objective
+    ctx = obj._pad_text(s["text"])[None].to(dev, dt)
+    neg = obj._pad_text(obj.empty_text)[None].to(dev, dt)
+    a, fl = s["arcface"], s["face_latent"]
+    arc = (a[0] if a.ndim == 2 else a)[None].to(dev, dt)
+    face = (fl[0] if fl.ndim == 5 else fl)[None].to(dev, dt)
+    with trainer._autocast():
+        # Through the (possibly FSDP-wrapped) training module: it makes the identity tokens itself, and
+        # identity_mask = 0 gives the backbone for the sampler's passes without identity.
+        noise = make_noise((1, *s["latents"].shape), v.seed, device=dev, dtype=dt)
+        z = sample(_SamplerView(trainer.model if fsdp else module, arc, face), noise, ctx, neg,
+                   torch.zeros(1, 1, 1, device=dev, dtype=dt), steps=v.steps, text_cfg=v.text_cfg,
+                   id_cfg=v.id_cfg, shift=v.shift, progress=False)
+    frames = latent_to_rgb(z.float())[0]                                       # [T, H, W, 3]
+    out = {}
+    if trainer.dist.is_main:
+        path = Path(c.out_dir) / "validation" / f"step_{trainer.step:08d}.mp4"
+        write_video(path, frames, fps=v.fps, overwrite=True)  # a resumed run redoes its own step
+        if v.face_models:
+            score = likeness_to_embedding(v.face_models, v.face_pack, frames, s["arcface"])
+            if score is not None:
+                out["val/likeness"] = score
+        trainer.log(f"[moca-train] validation video {path}")
+    return out
