@@ -26,3 +26,30 @@ def test_world_stage_writes_a_cache_manifest_and_resumes(tmp_path):
     stamp = (tmp_path / line["video"]).stat().st_mtime_ns
     build.write_world(tmp_path, [3], 1, log=lambda *_: None)                  # done clips are not re-rendered
     assert (tmp_path / line["video"]).stat().st_mtime_ns == stamp
+
+
+def test_adapter_stage_sets_aside_a_run_made_on_another_backbone(tmp_path, monkeypatch):
+    """A retrained backbone must not be paired with an adapter run resumed from the old one."""
+    import types
+
+    import moca_model.training.cli as cli
+    backbone, shipped = tmp_path / "toy_wan_t2v.safetensors", tmp_path / "shipped" / "toy_moca_adapter.safetensors"
+    backbone.write_bytes(b"new backbone")
+    monkeypatch.setattr(build, "paths", lambda: {"backbone": backbone, "vae": tmp_path / "vae", "adapter": shipped})
+    calls = []
+
+    def train(argv):                                        # records the run and writes its export
+        calls.append(argv)
+        out = tmp_path / "data" / "adapter"
+        assert not (out / "checkpoints").exists()           # the old run's checkpoints are not resumed
+        (out / "toy_moca_adapter.safetensors").write_bytes(b"adapter")
+    monkeypatch.setattr(cli, "main", train)
+    old = tmp_path / "data" / "adapter"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "backbone.sha256").write_text("0123456789abcdef\n")
+    build._adapter(tmp_path / "data", [], types.SimpleNamespace(adapter_steps=5))
+    assert (tmp_path / "data" / "adapter.0123456789abcdef" / "checkpoints").is_dir()
+    assert (old / "backbone.sha256").read_text().strip() == build.file_digest(backbone)
+    assert shipped.read_bytes() == b"adapter" and len(calls) == 1
+    build._adapter(tmp_path / "data", [], types.SimpleNamespace(adapter_steps=5))   # same backbone: resumed in place
+    assert not (tmp_path / "data" / "adapter.0123456789abcdef.1").exists()

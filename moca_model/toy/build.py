@@ -195,6 +195,8 @@ def main(argv=None) -> int:
                     "steps": {"vae": a.vae_steps, "backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
         if a.two_person_clips and stage in ("world", "cache"):          # absent when 0: old stamps stay valid
             settings["two_person_clips"] = a.two_person_clips
+        if stage == "adapter":                             # a retrained backbone makes the adapter stale
+            settings["backbone"] = file_digest(paths()["backbone"])
         if stamps.done(stage, settings):
             print(f"[toy] {stage}: up to date")
             continue
@@ -246,12 +248,36 @@ def _backbone(data, ids, a):
     return {}
 
 
+def file_digest(path: Path) -> str | None:
+    """First 16 hex digits of the file's SHA-256 (None when absent)."""
+    if not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def _adapter(data, ids, a):
-    """`train_moca.py --config configs/toy_moca.yaml` with this build's folders; the export is shipped."""
+    """`train_moca.py --config configs/toy_moca.yaml` with this build's folders; the export is shipped.
+    A run made on another backbone file is moved aside (adapter.<its backbone digest>), not resumed."""
     import shutil
 
     from ..training.cli import main as train_main
     out = data / "adapter"
+    backbone = file_digest(paths()["backbone"])
+    record = out / "backbone.sha256"
+    if out.exists() and (not record.is_file() or record.read_text().strip() != backbone):
+        old = record.read_text().strip() if record.is_file() else "unknown"
+        aside = data / f"adapter.{old}"
+        k = 1
+        while aside.exists():
+            aside, k = data / f"adapter.{old}.{k}", k + 1
+        out.rename(aside)
+        print(f"[toy] adapter: {out} was trained on another backbone; moved to {aside}, training afresh")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(backbone + "\n")
     train_main(["--config", str(REPO / "configs" / "toy_moca.yaml"), "--resume",
                 "--set", f"out_dir={out}", f'data.shards=["{data / "cache"}"]',
                 f"objective.empty_text={data / 'cache' / 'empty_text.safetensors'}",

@@ -61,7 +61,8 @@ def evaluate_backbone(n_prompts: int = 40, seed: int = 0, steps: int | None = No
     """Does the toy backbone follow the caption? Text-only videos (no adapter, no identity) for the captions
     of held-out clip specs (`clip_spec(HELDOUT_IDS[k], PROMPT_SEEDS[0])`, k < n_prompts), judged by the
     world's classifiers: action / background / lighting accuracy with 95% bootstrap intervals, and the
-    same for chance (the most frequent label among these prompts)."""
+    same for chance (the most frequent label among these prompts), and the fraction of frames in which the
+    toy detector finds a face (does it draw people at all? 1.0 on the world's own clips)."""
     import torch
 
     from ..config import MoCAConfig
@@ -69,9 +70,10 @@ def evaluate_backbone(n_prompts: int = 40, seed: int = 0, steps: int | None = No
     from ..wan_vae import load_wan_vae
     from . import world
     from .classifiers import load_classifiers
-    from .metrics import bootstrap_ci
-    from .pipeline import FILES, VAE_DTYPE, ToyPipeline
+    from .metrics import bootstrap_ci, detect_frames, eval_analyzer
+    from .pipeline import FACE_PACK, FILES, VAE_DTYPE, ToyPipeline
     from .text import ToyTextEncoder
+    judge = eval_analyzer(FILES["insightface"], FACE_PACK, FILES["eval_recogniser"])
     model = MoCADiT(MoCAConfig.preset("toy"))
     model.load_backbone(str(backbone or FILES["backbone"]))
     toy = ToyPipeline(model.eval(), load_wan_vae(FILES["vae"]).to(VAE_DTYPE).eval(), None, ToyTextEncoder())
@@ -79,10 +81,13 @@ def evaluate_backbone(n_prompts: int = 40, seed: int = 0, steps: int | None = No
     opts = {} if steps is None else {"steps": steps}
     ok = {h: [] for h in ("action", "background", "lighting")}
     truth = {h: [] for h in ok}
+    faces = []                                                     # per frame: 1.0 when a face is found
     t0 = time.perf_counter()
     for k in range(n_prompts):
         spec = world.clip_spec(world.HELDOUT_IDS[k], PROMPT_SEEDS[0])
-        pred = classifiers.classify(toy.generate(spec.caption, None, seed=seed + k, **opts))
+        frames = toy.generate(spec.caption, None, seed=seed + k, **opts)
+        pred = classifiers.classify(frames)
+        faces += [float(d is not None) for d in detect_frames(judge, frames)]
         for h in ok:
             truth[h].append(getattr(spec, h))
             ok[h].append(float(pred[h][0] == getattr(spec, h)))
@@ -94,6 +99,8 @@ def evaluate_backbone(n_prompts: int = 40, seed: int = 0, steps: int | None = No
         chance = max(truth[h].count(x) for x in set(truth[h])) / len(truth[h])
         out[f"{h}_accuracy"] = {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
                                 "chance": round(chance, 4)}
+    mean, lo, hi = bootstrap_ci(faces)
+    out["face_frames"] = {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)], "frames": len(faces)}
     return out
 
 
