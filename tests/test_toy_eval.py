@@ -214,3 +214,13 @@ def test_bootstrap_ci():
     assert M.bootstrap_ci([0.3]) == (0.3, 0.3, 0.3)
     assert all(np.isnan(M.bootstrap_ci([])))
     assert M.bootstrap_ci([1.0, None, float("nan"), 3.0])[0] == 2.0
+
+
+def test_pipeline_load_with_another_adapter_does_not_need_the_shipped_one(tmp_path):
+    """`toy eval --adapter FILE` evaluates a candidate while no adapter is shipped: only FILE must exist."""
+    from moca_model.toy.pipeline import FILES, ToyPipeline, missing_files
+    assert not any(m.startswith("adapter:") for m in missing_files(skip=["adapter"]))
+    absent = tmp_path / "candidate.safetensors"
+    with pytest.raises(FileNotFoundError) as e:
+        ToyPipeline.load(adapter=absent)
+    assert str(absent) in str(e.value) and str(FILES["adapter"]) not in str(e.value)
