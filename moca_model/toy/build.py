@@ -267,6 +267,9 @@ def _adapter(data, ids, a):
     from ..training.cli import main as train_main
     out = data / "adapter"
     backbone = file_digest(paths()["backbone"])
+    if backbone is None:
+        raise SystemExit(f"[toy] adapter: no toy backbone at {paths()['backbone']}; run the backbone stage first "
+                         "(python -m moca_model.toy build --stages backbone)")
     record = out / "backbone.sha256"
     if out.exists() and (not record.is_file() or record.read_text().strip() != backbone):
         old = record.read_text().strip() if record.is_file() else "unknown"
