@@ -239,10 +239,11 @@ def evaluate(models: Models, label: str, adapter: Path | None, people: int, prom
 
 
 # ---------------------------------------------------------------------------------------------- summary
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], keys=MEANS) -> dict:
+    """Mean, 95% bootstrap interval and count of each of `keys` over the rows that have it."""
     from .metrics import bootstrap_ci
     s = {"videos": len(rows)}
-    for key in MEANS:
+    for key in keys:
         mean, lo, hi = _finite(bootstrap_ci([None if r.get(key) is None else float(r[key]) for r in rows]))
         s[key] = {"mean": mean, "ci95": [lo, hi], "n": sum(r.get(key) is not None for r in rows)}
     return s

@@ -107,13 +107,8 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
 
 
 def summarise_multi(rows: list[dict]) -> dict:
-    from .metrics import bootstrap_ci
-    from .toybench import _finite
-    s = {"videos": len(rows)}
-    for key in MULTI_MEANS:
-        mean, lo, hi = _finite(bootstrap_ci([None if r.get(key) is None else float(r[key]) for r in rows]))
-        s[key] = {"mean": mean, "ci95": [lo, hi], "n": sum(r.get(key) is not None for r in rows)}
-    return s
+    from .toybench import summarise
+    return summarise(rows, MULTI_MEANS)
 
 
 def markdown_multi(res: dict) -> str:

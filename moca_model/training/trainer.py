@@ -31,6 +31,16 @@ __all__ = ["Trainer", "Dist", "lr_at", "DTYPES"]
 IDENTITY_KEYS = ("arcface", "face_latent") + PERSON_KEYS
 
 
+def _shuffled_references(samples: dict, by_size: dict) -> dict:
+    """Every sample with the identity keys of the next sample of its size group (the last takes the first's)."""
+    out = {}
+    for ids in by_size.values():
+        for j, i in enumerate(ids):
+            donor = samples[ids[(j + 1) % len(ids)]]
+            out[i] = dict(samples[i], **{k: donor[k] for k in IDENTITY_KEYS if k in donor})
+    return out
+
+
 def lr_at(step: int, o) -> float:
     """Linear warm-up to o.lr over o.warmup_steps, then cosine down to o.lr * o.min_lr_ratio at o.max_steps."""
     if o.warmup_steps > 0 and step < o.warmup_steps:
@@ -166,7 +176,6 @@ class Trainer:
         out.update(lr=lr, grad_norm=float(gn))
         return out
 
-    @torch.no_grad()
     def eval_loss(self, n: int | None = None, seed_offset: int = 10 ** 12, identity: str = "matched") -> float:
         """Mean loss on the first n dataset samples (default validation.eval_samples) with fixed draws (same
         every call): a noise-free progress measure for tests and logs (no dropout of text or identity).
@@ -177,16 +186,34 @@ class Trainer:
         *whose* face it is given (`identity_gain`), which a generic improvement of the backbone does not show."""
         if identity not in ("matched", "shuffled"):
             raise ValueError(f"eval_loss: identity must be 'matched' or 'shuffled', not {identity!r}")
-        c = self.cfg
-        n = c.validation.eval_samples if n is None else n
+        samples, by_size = self._eval_set(n)
+        if identity == "shuffled":
+            samples = _shuffled_references(samples, by_size)
+        return self._fixed_draw_loss(samples, by_size, seed_offset)
+
+    def identity_gain(self, n: int | None = None, matched: float | None = None) -> float | None:
+        """eval_loss with shuffled references minus eval_loss with the right ones (`matched`, computed when
+        not given): > 0 when the adapter uses whose face it is given. None when no two of the first n samples
+        share a clip size (nothing to swap)."""
+        samples, by_size = self._eval_set(n)
+        if all(len(ids) < 2 for ids in by_size.values()):
+            return None
+        if matched is None:
+            matched = self._fixed_draw_loss(samples, by_size)
+        return self._fixed_draw_loss(_shuffled_references(samples, by_size), by_size) - matched
+
+    def _eval_set(self, n: int | None) -> tuple[dict, dict]:
+        """The first n samples {index: sample} and their indices grouped by (latent, face-latent) size."""
+        n = self.cfg.validation.eval_samples if n is None else n
         samples = {i: self.dataset[i] for i in range(min(n, len(self.dataset)))}
         by_size: dict[tuple, list[int]] = {}
         for i, s in samples.items():
             by_size.setdefault((tuple(s["latents"].shape), tuple(s["face_latent"].shape[-4:])), []).append(i)
-        if identity == "shuffled":
-            samples = {i: dict(samples[i], **{k: samples[ids[(j + 1) % len(ids)]][k] for k in IDENTITY_KEYS
-                                              if k in samples[ids[(j + 1) % len(ids)]]})
-                       for ids in by_size.values() for j, i in enumerate(ids)}
+        return samples, by_size
+
+    @torch.no_grad()
+    def _fixed_draw_loss(self, samples: dict, by_size: dict, seed_offset: int = 10 ** 12) -> float:
+        c = self.cfg
         saved = (c.objective.text_dropout, c.objective.id_dropout)
         c.objective.text_dropout = c.objective.id_dropout = 0.0
         total = 0.0
@@ -251,17 +278,6 @@ class Trainer:
             self.close()
 
     # ------------------------------------------------------------------ validation
-    def identity_gain(self, n: int | None = None, matched: float | None = None) -> float | None:
-        """eval_loss with shuffled references minus eval_loss with the right ones (`matched`, computed when
-        not given): > 0 when the adapter uses whose face it is given. None when no two of the first n samples
-        share a clip size (nothing to swap)."""
-        c = self.cfg
-        n = min(c.validation.eval_samples if n is None else n, len(self.dataset))
-        shapes = [tuple(self.dataset[i]["latents"].shape) for i in range(n)]
-        if all(shapes.count(x) < 2 for x in shapes):
-            return None
-        return self.eval_loss(n, identity="shuffled") - (self.eval_loss(n) if matched is None else matched)
-
     def validate(self):
         from .validation import run_validation
         return run_validation(self)
