@@ -224,3 +224,4 @@ def test_pipeline_load_with_another_adapter_does_not_need_the_shipped_one(tmp_pa
     with pytest.raises(FileNotFoundError) as e:
         ToyPipeline.load(adapter=absent)
     assert str(absent) in str(e.value) and str(FILES["adapter"]) not in str(e.value)
+    assert "given toy adapter" in str(e.value) and "make toy" not in str(e.value)
