@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                     "may change between runs: training resumes on the changed schedule")
     ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes for the cache stage (one thread each)")
-    ap.add_argument("--backbone-steps", type=int, default=11000)
+    ap.add_argument("--backbone-steps", type=int, default=18000)
     ap.add_argument("--adapter-steps", type=int, default=2000)
     ap.add_argument("--two-person-clips", type=int, default=0, help="also render this many two-person clips "
                     "(world) and encode them into <data>/cache_two (cache), for configs/toy_moca_multi.yaml")
