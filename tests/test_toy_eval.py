@@ -225,3 +225,9 @@ def test_pipeline_load_with_another_adapter_does_not_need_the_shipped_one(tmp_pa
         ToyPipeline.load(adapter=absent)
     assert str(absent) in str(e.value) and str(FILES["adapter"]) not in str(e.value)
     assert "given toy adapter" in str(e.value) and "make toy" not in str(e.value)
+    # an existing candidate file gets past the shipped-files check (no adapter ships): it fails on its content
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception) as e:
+        ToyPipeline.load(adapter=bogus)
+    assert "models are missing" not in str(e.value), e.value

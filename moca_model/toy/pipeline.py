@@ -60,11 +60,12 @@ class ToyPipeline:
     @classmethod
     def load(cls, adapter=None, backbone=None) -> "ToyPipeline":
         """The shipped toy models (or another adapter / backbone file of the toy preset)."""
-        for name, path in (("adapter", adapter), ("backbone", backbone)):
-            if path and not Path(str(path)).is_file():
+        given = {k: v for k, v in (("adapter", adapter), ("backbone", backbone)) if v}
+        for name, path in given.items():
+            if not Path(str(path)).is_file():
                 raise FileNotFoundError(f"The given toy {name} file does not exist: {path}. Pass the path of a "
                                         f"{name} exported for the toy preset (e.g. by `train_moca.py export`).")
-        missing = missing_files(skip=[k for k, v in (("adapter", adapter), ("backbone", backbone)) if v])
+        missing = missing_files(skip=given)
         if missing:
             raise FileNotFoundError("The toy world's models are missing: " + "; ".join(missing) +
                                     ". They are committed in toy_models/ (git lfs is not used); rebuild them "
