@@ -174,6 +174,28 @@ def test_lora_and_full_train_and_export(shards, tmp_path):
             assert read_moca(out.with_name(out.stem + "_combined.safetensors")).kind == "combined"
 
 
+def test_backbone_lr_scale_sets_the_backbone_group_apart(shards, tmp_path):
+    """trainable full: the adapter steps at optim.lr, the backbone at lr * backbone_lr_scale; an adapter-only run
+    keeps one group (its checkpoints resume as before); a scale <= 0 is refused by name."""
+    cfg = tiny_train_config(tmp_path / "full", shards, optim={"max_steps": 2, "warmup_steps": 1, "lr": 1e-3,
+                                                              "backbone_lr_scale": 0.1}, train={"trainable": "full"})
+    t = Trainer(cfg, device="cpu", log=lambda *a: None)
+    adapter_ids = {id(p) for n, p in t.params.items() if n.startswith("dit.adapter.")}
+    groups = t.optimizer.param_groups
+    assert len(groups) == 2 and {id(p) for p in groups[0]["params"]} == adapter_ids
+    assert len(groups[1]["params"]) == len(t.params) - len(adapter_ids) > 0
+    before = {n: p.detach().clone() for n, p in t.params.items()}
+    t.train_step()
+    assert groups[0]["lr"] == pytest.approx(1e-3) and groups[1]["lr"] == pytest.approx(1e-4)
+    moved = [n for n, p in t.params.items() if not torch.equal(p, before[n])]
+    assert any(n.startswith("dit.blocks.") for n in moved) and any(n.startswith("dit.adapter.") for n in moved)
+    only = Trainer(tiny_train_config(tmp_path / "adapter", shards, optim={"max_steps": 1, "backbone_lr_scale": 0.1}),
+                   device="cpu", log=lambda *a: None)
+    assert len(only.optimizer.param_groups) == 1
+    with pytest.raises(ValueError, match="optim.backbone_lr_scale"):
+        TrainConfig.from_dict({"optim": {"backbone_lr_scale": 0}})
+
+
 def test_export_command_from_checkpoint(shards, tmp_path):
     from moca_model.training.cli import main
     from moca_model.training.train_state import list_checkpoints

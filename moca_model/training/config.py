@@ -78,6 +78,7 @@ class OptimSection:
     max_steps: int = 1000
     min_lr_ratio: float = 0.0               # cosine floor as a fraction of lr
     grad_clip: float = 1.0                  # max global grad norm (0 = off)
+    backbone_lr_scale: float = 1.0          # trainable full / lora: the backbone's (or LoRA's) LR = lr * this
 
 
 @dataclass
@@ -153,6 +154,9 @@ class TrainConfig:
         problems = []
         if self.train.trainable not in TRAINABLE:
             problems.append(f"train.trainable={self.train.trainable!r} (choose {TRAINABLE})")
+        if not self.optim.backbone_lr_scale > 0:
+            problems.append(f"optim.backbone_lr_scale={self.optim.backbone_lr_scale} must be > 0 (to keep the backbone "
+                            "fixed, set train.trainable: adapter)")
         if self.train.mixed_precision not in PRECISIONS:
             problems.append(f"train.mixed_precision={self.train.mixed_precision!r} (choose {PRECISIONS})")
         if self.train.grad_sync not in ("step", "micro_batch"):

@@ -75,8 +75,14 @@ class Trainer:
         self.model = parallel.wrap(self.module, c, self.dist)
         # collected after sharding: FSDP2 replaces parameters by sharded DTensors (same names)
         self.params = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=c.optim.lr, betas=tuple(c.optim.betas),
-                                           eps=c.optim.eps, weight_decay=c.optim.weight_decay, foreach=False)
+        # two groups when more than the adapter trains: the adapter at optim.lr, the rest (backbone or LoRA) at
+        # optim.lr * optim.backbone_lr_scale (a pretrained backbone wants a gentler step than a fresh adapter)
+        groups = [[p for n, p in self.params.items() if n.startswith("dit.adapter.")],
+                  [p for n, p in self.params.items() if not n.startswith("dit.adapter.")]]
+        self.lr_scales = [s for s, g in zip((1.0, c.optim.backbone_lr_scale), groups) if g]
+        self.optimizer = torch.optim.AdamW([{"params": g} for g in groups if g], lr=c.optim.lr,
+                                           betas=tuple(c.optim.betas), eps=c.optim.eps,
+                                           weight_decay=c.optim.weight_decay, foreach=False)
         self.ema = EMA(self.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.objective = FlowObjective(c, text_len=c.data.text_len or self.mcfg.text_len, text_dim=self.mcfg.text_dim,
                                        empty_text=build.load_empty_text(c.objective.empty_text),
@@ -148,8 +154,8 @@ class Trainer:
         read here when not given."""
         c = self.cfg
         lr = lr_at(self.step, c.optim)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        for g, scale in zip(self.optimizer.param_groups, self.lr_scales):
+            g["lr"] = lr * scale
         sums = {}
         n_micro = c.data.grad_accum
         pdt = DTYPES[c.model.param_dtype]
