@@ -144,13 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's 20)")
     ap.add_argument("--adapter", default=None, help="another toy adapter file to evaluate")
+    ap.add_argument("--backbone", default=None, help="another toy backbone file (Wan 2.1 layout) to evaluate")
     ap.add_argument("--backbone-only", type=int, default=0, metavar="N",
                     help="only check that the backbone follows N held-out captions (text only, no adapter needed)")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if a.backbone_only:
-        r = evaluate_backbone(a.backbone_only, a.seed, a.steps)
+        r = evaluate_backbone(a.backbone_only, a.seed, a.steps, backbone=a.backbone)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         _write_json(Path(a.out) / "backbone.json", r)
         print(json.dumps(r, indent=1))
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     from .pipeline import FACE_PACK, FILES, ToyPipeline
     out = Path(a.out)
     (out / "items").mkdir(parents=True, exist_ok=True)
-    toy = ToyPipeline.load(adapter=a.adapter)
+    toy = ToyPipeline.load(adapter=a.adapter, backbone=a.backbone)
     judge = eval_analyzer(FILES["insightface"], FACE_PACK, FILES["eval_recogniser"])
     classifiers = load_classifiers()
     items, strip_rows, t0 = [], [], time.perf_counter()
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
             print(f"[toy-eval] {k + 1}/{a.people} people ({time.perf_counter() - t0:.0f} s)")
     s = summarise(items)
     s["seconds"] = round(time.perf_counter() - t0, 1)
-    s["settings"] = {"people": a.people, "prompts": a.prompts, "seed": a.seed, "adapter": a.adapter or str(FILES["adapter"])}
+    s["settings"] = {"people": a.people, "prompts": a.prompts, "seed": a.seed, "adapter": a.adapter or str(FILES["adapter"]),
+                     "backbone": a.backbone or str(FILES["backbone"])}
     _write_json(out / "summary.json", s)
     (out / "summary.md").write_text(markdown(s))
     if strip_rows:
