@@ -1,6 +1,8 @@
 """`make toy`: every stage is wired, and the world stage writes the manifest the cache reads, resumably."""
 import json
 
+import pytest
+
 from moca_model.toy import build, world
 from moca_model.video import read_video
 
@@ -53,3 +55,44 @@ def test_adapter_stage_sets_aside_a_run_made_on_another_backbone(tmp_path, monke
     assert shipped.read_bytes() == b"adapter" and len(calls) == 1
     build._adapter(tmp_path / "data", [], types.SimpleNamespace(adapter_steps=5))   # same backbone: resumed in place
     assert not (tmp_path / "data" / "adapter.0123456789abcdef.1").exists()
+
+
+def test_joint_adapter_stage_ships_the_fine_tuned_backbone(tmp_path, monkeypatch):
+    """--joint: the adapter stage fine-tunes the backbone stage's text-only model (kept in the scratch folder),
+    in its own run folder, and ships the combined export's backbone (Wan layout, fp16) with the adapter."""
+    import types
+
+    import torch
+
+    import moca_model.training.cli as cli
+    from moca_model import MoCAConfig, MoCADiT, save_moca
+    data = tmp_path / "data"
+    a = types.SimpleNamespace(adapter_steps=5, joint=True)
+    text_only = build.text_only_backbone(data, a)
+    assert text_only.parent == data / "backbone"                # not the shipped path
+    text_only.parent.mkdir(parents=True)
+    text_only.write_bytes(b"text-only backbone")
+    shipped = {"backbone": tmp_path / "shipped" / "toy_wan_t2v.safetensors", "vae": tmp_path / "vae",
+               "adapter": tmp_path / "shipped" / "toy_moca_adapter.safetensors"}
+    monkeypatch.setattr(build, "paths", lambda: shipped)
+    torch.manual_seed(0)
+    tuned = MoCADiT(MoCAConfig.preset("tiny"))
+    calls = []
+
+    def train(argv):                                        # a full fine-tune's two exports
+        calls.append(argv)
+        out = data / "adapter_joint"
+        save_moca(out / "toy_moca_adapter_combined.safetensors", tuned)
+        save_moca(out / "toy_moca_adapter.safetensors", tuned, adapter_only=True)
+    monkeypatch.setattr(cli, "main", train)
+    build._adapter(data, [], a)
+    (argv,) = calls
+    assert argv[1].endswith("toy_moca_joint.yaml") and f"model.backbone={text_only}" in argv
+    assert not (data / "adapter").exists()                  # the frozen-backbone run folder is left alone
+    loaded = MoCADiT(MoCAConfig.preset("tiny"))
+    loaded.load_backbone(str(shipped["backbone"]))
+    for k, v in tuned.backbone_state_dict().items():
+        assert torch.equal(loaded.backbone_state_dict()[k], v.half().float()), k
+    assert shipped["adapter"].is_file()
+    with pytest.raises(ValueError, match="combined file"):
+        build.write_backbone_of(shipped["adapter"], tmp_path / "x.safetensors")

@@ -10,7 +10,9 @@ resumes from its last checkpoint when interrupted):
     vae         toy Wan 2.1-layout VAE
     cache       `train_moca.py cache` on the manifest with the toy VAE, toy text encoder and toy face pack
     backbone    the toy Wan-layout T2V backbone, trained from scratch (text only)
-    adapter     the MoCA adapter, `train_moca.py --config configs/toy_moca.yaml`
+    adapter     the MoCA adapter, `train_moca.py --config configs/toy_moca.yaml`; with --joint the adapter and
+                the backbone train together (configs/toy_moca_joint.yaml): the backbone stage's text-only model
+                then stays in <data>/backbone and the shipped backbone is the fine-tuned one
     classifiers action / background classifiers (prompt adherence in the evaluation)
 
 Generated data and training runs go to --data (default runs/toy, never committed); the shipped weights
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
                     help="processes for the cache stage (one thread each)")
     ap.add_argument("--backbone-steps", type=int, default=18000)
     ap.add_argument("--adapter-steps", type=int, default=2000)
+    ap.add_argument("--joint", action="store_true", help="train the backbone with the adapter "
+                    "(configs/toy_moca_joint.yaml); the shipped backbone is then the fine-tuned one")
     ap.add_argument("--two-person-clips", type=int, default=0, help="also render this many two-person clips "
                     "(world) and encode them into <data>/cache_two (cache), for configs/toy_moca_multi.yaml")
     a = ap.parse_args(argv)
@@ -195,8 +199,10 @@ def main(argv=None) -> int:
                     "steps": {"vae": a.vae_steps, "backbone": a.backbone_steps, "adapter": a.adapter_steps}.get(stage)}
         if a.two_person_clips and stage in ("world", "cache"):          # absent when 0: old stamps stay valid
             settings["two_person_clips"] = a.two_person_clips
+        if a.joint and stage in ("backbone", "adapter"):    # absent when off: old stamps stay valid
+            settings["joint"] = True
         if stage == "adapter":                             # a retrained backbone makes the adapter stale
-            settings["backbone"] = file_digest(paths()["backbone"])
+            settings["backbone"] = file_digest(text_only_backbone(data, a))
         if stamps.done(stage, settings):
             print(f"[toy] {stage}: up to date")
             continue
@@ -242,9 +248,16 @@ def _cache(data, ids, a):
     return {}
 
 
+def text_only_backbone(data: Path, a) -> Path:
+    """Where the backbone stage writes its text-only model: shipped as is, or (--joint) kept in the scratch
+    folder for the adapter stage to fine-tune."""
+    return data / "backbone" / "toy_wan_t2v_text_only.safetensors" if getattr(a, "joint", False) \
+        else paths()["backbone"]
+
+
 def _backbone(data, ids, a):
     from .backbone_train import train_backbone
-    train_backbone([data / "cache"], data / "backbone", steps=a.backbone_steps, export=paths()["backbone"])
+    train_backbone([data / "cache"], data / "backbone", steps=a.backbone_steps, export=text_only_backbone(data, a))
     return {}
 
 
@@ -260,38 +273,58 @@ def file_digest(path: Path) -> str | None:
 
 
 def _adapter(data, ids, a):
-    """`train_moca.py --config configs/toy_moca.yaml` with this build's folders; the export is shipped.
-    A run made on another backbone file is moved aside (adapter.<its backbone digest>), not resumed."""
+    """`train_moca.py --config configs/toy_moca.yaml` (--joint: toy_moca_joint.yaml) with this build's folders;
+    the export is shipped (--joint: its adapter, and its backbone as the shipped backbone). A run made on
+    another backbone file is moved aside (adapter.<its backbone digest>), not resumed."""
     import shutil
 
     from ..training.cli import main as train_main
-    out = data / "adapter"
-    backbone = file_digest(paths()["backbone"])
+    joint = getattr(a, "joint", False)
+    out = data / ("adapter_joint" if joint else "adapter")
+    source = text_only_backbone(data, a)
+    backbone = file_digest(source)
     if backbone is None:
-        raise SystemExit(f"[toy] adapter: no toy backbone at {paths()['backbone']}; run the backbone stage first "
-                         "(python -m moca_model.toy build --stages backbone)")
+        raise SystemExit(f"[toy] adapter: no toy backbone at {source}; run the backbone stage first "
+                         f"(python -m moca_model.toy build --stages backbone{' --joint' if joint else ''})")
     record = out / "backbone.sha256"
     if out.exists() and (not record.is_file() or record.read_text().strip() != backbone):
         old = record.read_text().strip() if record.is_file() else "unknown"
-        aside = data / f"adapter.{old}"
+        aside = data / f"{out.name}.{old}"
         k = 1
         while aside.exists():
-            aside, k = data / f"adapter.{old}.{k}", k + 1
+            aside, k = data / f"{out.name}.{old}.{k}", k + 1
         out.rename(aside)
         print(f"[toy] adapter: {out} was trained on another backbone; moved to {aside}, training afresh")
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(backbone + "\n")
-    train_main(["--config", str(REPO / "configs" / "toy_moca.yaml"), "--resume",
+    config = "toy_moca_joint.yaml" if joint else "toy_moca.yaml"
+    train_main(["--config", str(REPO / "configs" / config), "--resume",
                 "--set", f"out_dir={out}", f'data.shards=["{data / "cache"}"]',
                 f"objective.empty_text={data / 'cache' / 'empty_text.safetensors'}",
-                f"model.backbone={paths()['backbone']}", f"objective.lvpl.vae={paths()['vae']}",
+                f"model.backbone={source}", f"objective.lvpl.vae={paths()['vae']}",
                 f"optim.max_steps={a.adapter_steps}"])
+    if joint:                                              # the fine-tuned backbone is the one to ship
+        write_backbone_of(out / "toy_moca_adapter_combined.safetensors", paths()["backbone"])
     target = paths()["adapter"]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     shutil.copyfile(out / "toy_moca_adapter.safetensors", tmp)
     tmp.replace(target)
     return {}
+
+
+def write_backbone_of(combined: Path, target: Path) -> Path:
+    """The Wan 2.1 backbone of a combined MoCA file (a full fine-tune's export) -> `target` in the backbone
+    stage's format (fp16, Wan key names), written atomically."""
+    import torch
+
+    from ..checkpoint import atomic_save_safetensors, read_moca
+    f = read_moca(combined)
+    if f.kind != "combined":
+        raise ValueError(f"{combined} is a MoCA {f.kind} file; a combined file (train.trainable: full) holds a backbone")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in f.backbone_state.items()}
+    return atomic_save_safetensors(state, target, {"format": "wan2.1-t2v"}, overwrite=True)
 
 
 def _face(data, ids, a):
