@@ -46,9 +46,11 @@ def _params(run_dir):
     return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
 
 
-def test_resume_is_bit_identical(shards, tmp_path):
-    sections = dict(optim={"max_steps": 8, "warmup_steps": 2}, train={"ema_decay": 0.9},
-                    data={"grad_accum": 2, "batch_size": 1})
+@pytest.mark.parametrize("trainable", ["adapter", "full"])
+def test_resume_is_bit_identical(shards, tmp_path, trainable):
+    """Also with the backbone training beside the adapter in its own optimiser group (optim.backbone_lr_scale)."""
+    sections = dict(optim={"max_steps": 8, "warmup_steps": 2, "backbone_lr_scale": 0.1},
+                    train={"ema_decay": 0.9, "trainable": trainable}, data={"grad_accum": 2, "batch_size": 1})
     full = Trainer(tiny_train_config(tmp_path / "full", shards, **sections), device="cpu", log=lambda *a: None)
     full.fit()
     part = Trainer(tiny_train_config(tmp_path / "part", shards, **sections), device="cpu", log=lambda *a: None)
