@@ -314,17 +314,17 @@ def _adapter(data, ids, a):
 
 
 def write_backbone_of(combined: Path, target: Path) -> Path:
-    """The Wan 2.1 backbone of a combined MoCA file (a full fine-tune's export) -> `target` in the backbone
-    stage's format (fp16, Wan key names), written atomically."""
+    """The Wan 2.1 backbone of a combined MoCA file (a full fine-tune's export) -> `target`, written as the
+    backbone stage writes its own (save_wan_checkpoint, fp16)."""
     import torch
 
-    from ..checkpoint import atomic_save_safetensors, read_moca
-    f = read_moca(combined)
-    if f.kind != "combined":
-        raise ValueError(f"{combined} is a MoCA {f.kind} file; a combined file (train.trainable: full) holds a backbone")
+    from ..checkpoint import load_moca, save_wan_checkpoint
+    from ..dit import MoCADiT
+    model = load_moca(combined)
+    if not isinstance(model, MoCADiT):
+        raise ValueError(f"{combined} is a MoCA adapter file; a combined file (train.trainable: full) holds a backbone")
     target.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in f.backbone_state.items()}
-    return atomic_save_safetensors(state, target, {"format": "wan2.1-t2v"}, overwrite=True)
+    return save_wan_checkpoint(target, model, dtype=torch.float16, overwrite=True)
 
 
 def _face(data, ids, a):
