@@ -12,6 +12,15 @@ def test_every_stage_has_a_function():
     assert set(build.STAGE_FUNCS) == set(build.STAGES)
 
 
+def test_joint_is_the_default_build_and_sets_its_step_counts():
+    a = build.parse_args([])
+    assert a.joint and (a.backbone_steps, a.adapter_steps) == (16000, 3000)   # 16,000 text-only + 3,000 joint
+    a = build.parse_args(["--no-joint"])
+    assert not a.joint and (a.backbone_steps, a.adapter_steps) == (18000, 2000)
+    a = build.parse_args(["--backbone-steps", "7", "--adapter-steps", "5"])
+    assert (a.backbone_steps, a.adapter_steps) == (7, 5)
+
+
 def test_world_stage_writes_a_cache_manifest_and_resumes(tmp_path):
     manifest = build.write_world(tmp_path, [3], 1, log=lambda *_: None)
     (line,) = [json.loads(x) for x in manifest.read_text().splitlines()]

@@ -93,6 +93,9 @@ def train_backbone(shards, out_dir, *, preset: str = "toy", steps: int = 3000, b
                                               for g in osd["param_groups"]]})
         ema.shadow = {k: v.float() for k, v in ck["ema"].items()}
         ema.n = start = int(ck["state"]["step"])
+        if start > steps:       # exporting it would ship a longer-trained model under a shorter run's name
+            raise SystemExit(f"[toy-backbone] {ckpts[-1]} is at step {start}, past the {steps} steps asked for; "
+                             f"ask for {start} or more steps, or move {out_dir} aside to train afresh")
         log(f"[toy-backbone] resumed from {ckpts[-1]}")
     model.train()
     t0, losses = time.perf_counter(), []

@@ -10,9 +10,10 @@ resumes from its last checkpoint when interrupted):
     vae         toy Wan 2.1-layout VAE
     cache       `train_moca.py cache` on the manifest with the toy VAE, toy text encoder and toy face pack
     backbone    the toy Wan-layout T2V backbone, trained from scratch (text only)
-    adapter     the MoCA adapter, `train_moca.py --config configs/toy_moca.yaml`; with --joint the adapter and
-                the backbone train together (configs/toy_moca_joint.yaml): the backbone stage's text-only model
-                then stays in <data>/backbone and the shipped backbone is the fine-tuned one
+    adapter     the MoCA adapter trained together with the backbone (configs/toy_moca_joint.yaml): the
+                backbone stage's text-only model stays in <data>/backbone and the shipped backbone is the
+                fine-tuned one; with --no-joint the adapter alone on the frozen text-only backbone
+                (configs/toy_moca.yaml), which is then shipped as is
     classifiers action / background classifiers (prompt adherence in the evaluation)
 
 Generated data and training runs go to --data (default runs/toy, never committed); the shipped weights
@@ -172,7 +173,8 @@ def write_two_person_world(data: Path, ids, count: int, log=print) -> Path:
 REF_SEED_OFFSET = 1000          # reference seeds of two-person clips: apart from the one-person clips' (0, 1, ...)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The build's settings, with the step counts that depend on --joint filled in."""
     ap = argparse.ArgumentParser(prog="python -m moca_model.toy build", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO / "runs" / "toy"), help="scratch folder (never committed)")
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
@@ -182,13 +184,27 @@ def main(argv=None) -> int:
                     "may change between runs: training resumes on the changed schedule")
     ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes for the cache stage (one thread each)")
-    ap.add_argument("--backbone-steps", type=int, default=18000)
-    ap.add_argument("--adapter-steps", type=int, default=2000)
-    ap.add_argument("--joint", action="store_true", help="train the backbone with the adapter "
-                    "(configs/toy_moca_joint.yaml); the shipped backbone is then the fine-tuned one")
+    ap.add_argument("--joint", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the backbone with the adapter (configs/toy_moca_joint.yaml; the default): the "
+                    "shipped backbone is the fine-tuned one. --no-joint: the adapter on the frozen text-only "
+                    "backbone (configs/toy_moca.yaml), the design's setting for real Wan")
+    ap.add_argument("--backbone-steps", type=int, default=None,
+                    help="text-only backbone steps (default 16,000 with --joint, whose adapter stage trains the "
+                    "backbone 3,000 steps more; 18,000 with --no-joint)")
+    ap.add_argument("--adapter-steps", type=int, default=None,
+                    help="adapter steps (default 3,000 with --joint, 2,000 with --no-joint)")
     ap.add_argument("--two-person-clips", type=int, default=0, help="also render this many two-person clips "
                     "(world) and encode them into <data>/cache_two (cache), for configs/toy_moca_multi.yaml")
     a = ap.parse_args(argv)
+    if a.backbone_steps is None:
+        a.backbone_steps = 16000 if a.joint else 18000
+    if a.adapter_steps is None:
+        a.adapter_steps = 3000 if a.joint else 2000
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
     stamps = Stamps(data)
@@ -285,7 +301,7 @@ def _adapter(data, ids, a):
     backbone = file_digest(source)
     if backbone is None:
         raise SystemExit(f"[toy] adapter: no toy backbone at {source}; run the backbone stage first "
-                         f"(python -m moca_model.toy build --stages backbone{' --joint' if joint else ''})")
+                         f"(python -m moca_model.toy build --stages backbone{'' if joint else ' --no-joint'})")
     record = out / "backbone.sha256"
     if out.exists() and (not record.is_file() or record.read_text().strip() != backbone):
         old = record.read_text().strip() if record.is_file() else "unknown"
