@@ -124,7 +124,7 @@ def test_resolve_names_variants_files_and_the_fix(tmp_path):
 def test_variant_configs_share_one_budget():
     from moca_model.training.config import TrainConfig
     from moca_model.variants import variant_config
-    base = TrainConfig.load(TB.REPO / "configs" / "toy_moca.yaml").to_dict()
+    base = TrainConfig.load(TB.REPO / "configs" / "toy_moca_joint.yaml").to_dict()      # the shipped adapter's recipe
     for v in TB.TRAINED:
         c = TrainConfig.load(TB.config_path(v))
         d = c.to_dict()
@@ -207,6 +207,38 @@ def test_quick_end_to_end(stand_ins, capsys):
     assert json.loads((out / "results_quick.json").read_text())["variants"]["mine"]["videos"] == 1
 
 
+def test_a_combined_file_is_evaluated_on_its_own_backbone(stand_ins):
+    """A joint run's export carries its fine-tuned backbone: the benchmark runs it on that one, and an
+    adapter-only file after it on the shared --backbone again."""
+    import types
+
+    from moca_model import MoCADiT, save_moca
+    from moca_model.toy.pipeline import FACE_PACK, FILES
+    from moca_model.variants import variant_config
+    root, out = stand_ins
+    torch.manual_seed(3)
+    tuned = MoCADiT(variant_config("moca", "tiny"))                   # another backbone: a joint run's own
+    save_moca(root / "joint_combined.safetensors", tuned)
+    a = types.SimpleNamespace(preset="tiny", backbone=root / "backbone.safetensors", vae=root / "vae.safetensors",
+                              vae_bf16=True, face_models=FILES["insightface"], face_pack=FACE_PACK,
+                              eval_recogniser=FILES["eval_recogniser"], classifiers=FILES["classifiers"])
+    models = TB.Models(a)
+    shared = {k: v.clone() for k, v in models.model.backbone_state_dict().items()}
+    want = tuned.backbone_state_dict()
+
+    def close_to(ref):
+        got = models.model.backbone_state_dict()
+        return all(torch.allclose(got[k].float(), ref[k].float(), atol=1e-2) for k in ref)
+    assert not close_to(want)
+    models.pipeline(root / "joint_combined.safetensors")
+    assert close_to(want)
+    models.pipeline(TB.adapter_path(out, "moca"))                     # adapter-only: the shared backbone again
+    assert close_to(shared)
+    models.pipeline(root / "joint_combined.safetensors")
+    models.pipeline(None)                                             # no_identity: the shared backbone too
+    assert close_to(shared)
+
+
 def test_train_all_skips_finished_and_resumes(tmp_path, capsys):
     """--train-all on tiny synthetic shards of the toy clip's shapes and a random toy-preset backbone: trains the
     named variants through train_moca.py, skips them when up to date, and resumes one from its checkpoint when
@@ -226,11 +258,12 @@ def test_train_all_skips_finished_and_resumes(tmp_path, capsys):
     save_file({"text": torch.zeros(32, 4096)}, str(cache / "empty_text.safetensors"))
     out = tmp_path / "out"
     args = ["single_xattn", "lean", "--train-all", "--train-only", "--out", str(out), "--cache", str(cache),
-            "--backbone", str(tmp_path / "backbone.safetensors"), "--vae", str(tmp_path / "vae.safetensors"),
+            "--train-backbone", str(tmp_path / "backbone.safetensors"), "--vae", str(tmp_path / "vae.safetensors"),
             "--procs", "2", "--train-steps", "1"]
     assert TB.main(args) == 0
     for v in ("single_xattn", "lean"):
-        f = read_moca(TB.adapter_path(out, v))
+        f = read_moca(TB.adapter_path(out, v))            # trained jointly: the combined file, backbone included
+        assert f.kind == "combined" and TB.adapter_path(out, v).name == f"toybench_{v}_combined.safetensors"
         assert f.config == variant_config(v, "toy") and f.metadata["steps"] == "1"
     assert not (out / "moca").exists()
     capsys.readouterr()

@@ -66,8 +66,10 @@ def config_path(variant: str) -> Path:
 
 
 def adapter_path(out, variant: str) -> Path:
-    """The adapter file `--train-all` writes for a variant."""
-    return Path(out) / variant / f"toybench_{variant}.safetensors"
+    """The file `--train-all` writes for a variant: a joint run's combined file (its fine-tuned backbone + the
+    adapter, evaluated together), else the adapter-only export."""
+    combined = Path(out) / variant / f"toybench_{variant}_combined.safetensors"
+    return combined if combined.is_file() else Path(out) / variant / f"toybench_{variant}.safetensors"
 
 
 def resolve(items, out) -> list[tuple[str, Path | None]]:
@@ -199,9 +201,18 @@ class Models:
         return load_classifiers(self.a.classifiers)
 
     def pipeline(self, adapter: Path | None):
-        """A ToyPipeline with this adapter (None: the backbone alone)."""
+        """A ToyPipeline with this adapter (None: the backbone alone). A combined file (a joint run's export)
+        brings its own fine-tuned backbone; an adapter-only file and None run on --backbone."""
+        from ..checkpoint import read_moca
         from .pipeline import ToyPipeline, check_adapter_recognizer
         from .text import ToyTextEncoder
+        f = read_moca(adapter) if adapter is not None else None
+        own = f is not None and f.kind == "combined"
+        if own:
+            self.model.load_backbone(f.backbone_state)
+        elif getattr(self, "_own_backbone", False):        # back to the shared backbone after a combined file
+            self.model.load_backbone(str(self.a.backbone))
+        self._own_backbone = own
         if adapter is not None:
             self.model.load_adapter(str(adapter))          # rebuilds the adapter for a variant's config
             check_adapter_recognizer(adapter, self.analyzer)
@@ -358,7 +369,7 @@ def train_args(variant: str, out: Path, a) -> list[str]:
     """`train_moca.py` arguments of one variant: its config with this run's folders and files."""
     cache = Path(a.cache)
     sets = [f"out_dir={out / variant}", f'data.shards=["{cache}"]',
-            f"objective.empty_text={cache / 'empty_text.safetensors'}", f"model.backbone={a.backbone}",
+            f"objective.empty_text={cache / 'empty_text.safetensors'}", f"model.backbone={a.train_backbone}",
             f"objective.lvpl.vae={a.vae}", "logging.progress=false"]
     if a.train_steps:
         sets.append(f"optim.max_steps={a.train_steps}")
@@ -371,13 +382,14 @@ def train_all(a, out: Path, variants=TRAINED, log=print) -> dict:
     if not (Path(a.cache) / "empty_text.safetensors").is_file():
         raise SystemExit(f"toybench --train-all: no toy cache shards in {a.cache}; make them with "
                          "`python -m moca_model.toy build --stages cache` (or pass --cache)")
-    for what, p in (("backbone", a.backbone), ("vae", a.vae)):
+    for what, flag, p in (("text-only backbone", "train-backbone", a.train_backbone), ("VAE", "vae", a.vae)):
         if not Path(p).is_file():
-            raise SystemExit(f"toybench --train-all: the toy {what} {p} is missing (`make toy`, or --{what})")
+            raise SystemExit(f"toybench --train-all: the toy {what} {p} is missing (`make toy` writes it, or "
+                             f"pass --{flag})")
     todo, done = [], {}
     for v in variants:
         stamp = out / v / "toybench_stamp.json"
-        want = _digest(train_args(v, out, a), config_path(v), Path(a.backbone))
+        want = _digest(train_args(v, out, a), config_path(v), Path(a.train_backbone))
         if adapter_path(out, v).is_file() and stamp.is_file() and json.loads(stamp.read_text())["digest"] == want:
             log(f"[toybench] {v}: trained (up to date)")
             continue
@@ -506,7 +518,12 @@ def main(argv=None) -> int:
                     "(tests; the benchmark's budget is the configs')")
     ap.add_argument("--cache", default=str(REPO / "runs" / "toy" / "cache"), help="the toy build's cache shards")
     ap.add_argument("--preset", default="toy")
-    ap.add_argument("--backbone", default=str(FILES["backbone"]))
+    ap.add_argument("--backbone", default=str(FILES["backbone"]), help="the backbone of adapter-only files and of "
+                    "no_identity (default: the shipped toy backbone, which the shipped adapter was trained with); a "
+                    "combined file, as --train-all's variants export, runs on its own fine-tuned backbone")
+    ap.add_argument("--train-backbone", default=str(REPO / "runs" / "toy" / "backbone" / "toy_wan_t2v_text_only.safetensors"),
+                    help="--train-all: the text-only backbone every variant starts from and trains jointly with its "
+                    "adapter (default: the one `make toy`'s backbone stage writes)")
     ap.add_argument("--vae", default=str(FILES["vae"]))
     ap.add_argument("--vae-fp32", dest="vae_bf16", action="store_false", help="run the VAE in fp32 (default bf16)")
     ap.add_argument("--face-models", default=str(FILES["insightface"]))
