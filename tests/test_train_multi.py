@@ -142,13 +142,20 @@ def test_cache_reads_a_manifest_line_with_two_people(tmp_path):
     assert not torch.equal(two["person2.arcface"], two["arcface"])
 
 
-def test_toy_multi_config_is_the_toy_recipe_on_both_shard_folders():
+def test_toy_multi_config_fine_tunes_the_shipped_pair_on_both_shard_folders():
+    """The joint toy recipe (configs/toy_moca_joint.yaml), continued from the shipped backbone and adapter on the
+    one- and two-person shards, at half the learning rate for 1,500 steps."""
     pytest.importorskip("yaml", reason="PyYAML not installed (requirements-train.txt)")
     from moca_model.training import TrainConfig
     root = Path(__file__).resolve().parents[1] / "configs"
-    one, multi = (TrainConfig.load(root / n).to_dict() for n in ("toy_moca.yaml", "toy_moca_multi.yaml"))
+    one, multi = (TrainConfig.load(root / n).to_dict() for n in ("toy_moca_joint.yaml", "toy_moca_multi.yaml"))
     assert multi["data"]["shards"] == ["runs/toy/cache", "runs/toy/cache_two"]
     assert multi["out_dir"] != one["out_dir"] and multi["export"]["name"] == "toy_moca_multi_adapter.safetensors"
+    assert multi["model"]["backbone"] == "toy_models/diffusion_models/toy_wan_t2v.safetensors"
+    assert multi["model"]["adapter_init"] == "toy_models/moca/toy_moca_adapter.safetensors"
+    assert multi["train"]["trainable"] == "full" and multi["optim"]["backbone_lr_scale"] == 0.1
+    assert (multi["optim"]["lr"], multi["optim"]["max_steps"]) == (5e-4, 1500)
     for d in (one, multi):
         d.pop("out_dir"), d["data"].pop("shards"), d["export"].pop("name")
+        d["model"].pop("backbone"), d["model"].pop("adapter_init"), d["optim"].pop("lr"), d["optim"].pop("max_steps")
     assert multi == one
