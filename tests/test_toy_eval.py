@@ -217,7 +217,7 @@ def test_bootstrap_ci():
 
 
 def test_pipeline_load_with_another_adapter_does_not_need_the_shipped_one(tmp_path):
-    """`toy eval --adapter FILE` evaluates a candidate while no adapter is shipped: only FILE must exist."""
+    """`toy eval --adapter FILE` evaluates a candidate: only FILE must exist, not the shipped adapter."""
     from moca_model.toy.pipeline import FILES, ToyPipeline, missing_files
     assert not any(m.startswith("adapter:") for m in missing_files(skip=["adapter"]))
     absent = tmp_path / "candidate.safetensors"
@@ -225,7 +225,7 @@ def test_pipeline_load_with_another_adapter_does_not_need_the_shipped_one(tmp_pa
         ToyPipeline.load(adapter=absent)
     assert str(absent) in str(e.value) and str(FILES["adapter"]) not in str(e.value)
     assert "given toy adapter" in str(e.value) and "make toy" not in str(e.value)
-    # an existing candidate file gets past the shipped-files check (no adapter ships): it fails on its content
+    # an existing candidate file gets past the shipped-files check: it fails on its content
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"not a safetensors file")
     with pytest.raises(Exception) as e:
