@@ -110,7 +110,8 @@ def build_identity(args, model) -> tuple[torch.Tensor, list[str]]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m moca_model demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder (demo.mp4, demo_no_identity.mp4, report.json)")
+    ap.add_argument("--out", required=True, help="output folder (toy default: demo.mp4, demo_strip.png, report.json; "
+                    "random weights: demo.mp4, demo_no_identity.mp4, report.json)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--negative", default=DEFAULT_NEGATIVE)
     ap.add_argument("--preset", default=None, help="run seeded RANDOM weights of this preset (tiny, small, ...) "
