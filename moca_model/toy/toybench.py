@@ -170,6 +170,7 @@ class Models:
                 raise SystemExit(f"toybench: the {what} {p} is missing; the toy models come from `make toy` "
                                  f"(python -m moca_model.toy build), or pass --{flag}")
         self.a = a
+        self.own_backbone = False           # True while a combined file's backbone replaces --backbone
 
     @cached_property
     def model(self):
@@ -210,9 +211,9 @@ class Models:
         own = f is not None and f.kind == "combined"
         if own:
             self.model.load_backbone(f.backbone_state)
-        elif getattr(self, "_own_backbone", False):        # back to the shared backbone after a combined file
+        elif self.own_backbone:                            # back to the shared backbone after a combined file
             self.model.load_backbone(str(self.a.backbone))
-        self._own_backbone = own
+        self.own_backbone = own
         if adapter is not None:
             self.model.load_adapter(str(adapter))          # rebuilds the adapter for a variant's config
             check_adapter_recognizer(adapter, self.analyzer)
