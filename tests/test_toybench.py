@@ -204,6 +204,9 @@ def test_quick_end_to_end(stand_ins, capsys):
     save_moca(root / "mine.safetensors", MoCADiT(variant_config("lean", "tiny")), adapter_only=True)
     assert TB.main(["moca", str(root / "mine.safetensors")] + args[3:] + ["--no-costs", "--procs", "2"]) == 0
     assert len(list((out / "eval").glob("mine-*/*.json"))) == 1
+    # a variant's worker files its videos under the variant's name, where the summary looks for them
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "eval").iterdir()) == ["mine", "moca", "no_identity",
+                                                                                  "single_xattn"]
     assert json.loads((out / "results_quick.json").read_text())["variants"]["mine"]["videos"] == 1
 
 

@@ -480,7 +480,9 @@ def evaluate_in_parallel(a, chosen, flags: list[str], log=print):
     per-video results are what the summary then reads."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    todo, running = [str(p) if p is not None else label for label, p in chosen], []
+    # a variant goes by its name (its worker resolves the same file and files its results under the same label
+    # the summary reads), any other adapter by its path
+    todo, running = [label if label in VARIANTS else str(p) for label, p in chosen], []
     while todo or running:
         while todo and len(running) < a.procs:
             what = todo.pop(0)
