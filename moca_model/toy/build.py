@@ -31,6 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOY_MODELS = REPO / "toy_models"
 STAGES = ("world", "face", "vae", "cache", "backbone", "adapter", "classifiers")
+DEFAULT_DATA = REPO / "runs" / "toy"
+TEXT_ONLY_BACKBONE = Path("backbone") / "toy_wan_t2v_text_only.safetensors"   # under --data: the joint build's
+                                                                             # text-only model (toybench starts there)
 
 
 def paths() -> dict:
@@ -176,7 +179,7 @@ REF_SEED_OFFSET = 1000          # reference seeds of two-person clips: apart fro
 def parse_args(argv=None) -> argparse.Namespace:
     """The build's settings, with the step counts that depend on --joint filled in."""
     ap = argparse.ArgumentParser(prog="python -m moca_model.toy build", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(REPO / "runs" / "toy"), help="scratch folder (never committed)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="scratch folder (never committed)")
     ap.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
     ap.add_argument("--clips-per-id", type=int, default=2)
     ap.add_argument("--ids", type=int, default=2000, help="how many of TRAIN_IDS to render")
@@ -267,7 +270,7 @@ def _cache(data, ids, a):
 def text_only_backbone(data: Path, a) -> Path:
     """Where the backbone stage writes its text-only model: shipped as is, or (--joint) kept in the scratch
     folder for the adapter stage to fine-tune."""
-    return data / "backbone" / "toy_wan_t2v_text_only.safetensors" if getattr(a, "joint", False) \
+    return data / TEXT_ONLY_BACKBONE if getattr(a, "joint", False) \
         else paths()["backbone"]
 
 

@@ -500,6 +500,7 @@ def evaluate_in_parallel(a, chosen, flags: list[str], log=print):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
+    from .build import DEFAULT_DATA, TEXT_ONLY_BACKBONE
     from .pipeline import FACE_PACK, FILES
     ap = argparse.ArgumentParser(prog="python -m moca_model toybench", description=__doc__.split("\n")[0])
     ap.add_argument("adapters", nargs="*", help=f"variant names ({', '.join(VARIANTS)}) or adapter files "
@@ -524,7 +525,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default=str(FILES["backbone"]), help="the backbone of adapter-only files and of "
                     "no_identity (default: the shipped toy backbone, which the shipped adapter was trained with); a "
                     "combined file, as --train-all's variants export, runs on its own fine-tuned backbone")
-    ap.add_argument("--train-backbone", default=str(REPO / "runs" / "toy" / "backbone" / "toy_wan_t2v_text_only.safetensors"),
+    ap.add_argument("--train-backbone", default=str(DEFAULT_DATA / TEXT_ONLY_BACKBONE),
                     help="--train-all: the text-only backbone every variant starts from and trains jointly with its "
                     "adapter (default: the one `make toy`'s backbone stage writes)")
     ap.add_argument("--vae", default=str(FILES["vae"]))
