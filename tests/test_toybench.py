@@ -184,8 +184,15 @@ def test_quick_end_to_end(stand_ins, capsys):
     assert res["costs"]["single_xattn"]["share_wan2.1-1.3b"] < res["costs"]["moca"]["share_wan2.1-1.3b"]
     assert res["costs"]["no_identity"]["forward_time_ratio"] == 1.0
     assert res["moca_minus_single_xattn_likeness"]["n"] == 1
+    # every variant against (a) and against the backbone alone, paired over the same videos
+    assert set(res["paired"]["single_xattn"]) == {"moca", "no_identity"} and set(res["paired"]["moca"]) == {"no_identity"}
+    assert res["paired"]["single_xattn"]["moca"]["mean"] == pytest.approx(b - a)
+    g = res["variants"]["no_identity"]["likeness_mean"]["mean"]
+    assert res["paired"]["moca"]["no_identity"]["mean"] == pytest.approx(a - g)
+    assert res["costs"]["moca"]["forward_base_s"] > 0 and np.isfinite(res["costs"]["moca"]["forward_time_ratio"])
     md = (out / "results_quick.md").read_text()
     assert "| (a) moca |" in md and "| (b) single_xattn |" in md and "adapter at 14B" in md
+    assert "| variant | minus (a) moca | minus (g) no_identity |" in md
     assert Image.open(out / "results_quick.png").size[0] == 900
     # per-video results are kept: a second run reuses them (same numbers, no generation)
     items = sorted((out / "eval").glob("moca-*/*.json"))

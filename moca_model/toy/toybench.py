@@ -275,9 +275,15 @@ def paired_difference(a: list[dict], b: list[dict], key: str = "likeness_mean") 
     return {"mean": mean, "ci95": [lo, hi], "n": len(d)}
 
 
-def costs(variants, preset: str = "toy", reps: int = 3, hw=(16, 16), T: int = 5) -> dict:
+# where the forward-time overhead is measured: a random `small`-preset model (4 blocks of width 512, MoCA width
+# 256: Wan 2.1 1.3B's ratio) at 6 latent frames of 30 x 52 (21 frames 240 x 416, 2,340 tokens). At the toy clip's
+# size (5 x 16 x 16 latents, 320 tokens) per-operation overhead dominates and the ratios say little about Wan.
+COST_PRESET, COST_T, COST_HW, COST_REPS = "small", 6, (30, 52), 5
+
+
+def costs(variants, preset: str = COST_PRESET, reps: int = COST_REPS, hw=COST_HW, T: int = COST_T) -> dict:
     """Per variant: adapter share at Wan 2.1 1.3B / 14B, analytic FLOPs overhead there (81 frames 480x832), and
-    the measured forward-time overhead (identity vs none) on a random `preset` model at the toy clip's size."""
+    the measured forward-time overhead (identity vs none, CPU) on a random `preset` model at T x hw latents."""
     import torch
 
     from ..adapter import live_adapter
@@ -322,11 +328,20 @@ def markdown(res: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(ci(s[k]) for k in (
             "likeness_mean", "likeness_p10", "likeness_worst", "likeness_spread", "likeness_drift", "action_ok",
             "background_ok", "copy_paste", "motion")) + " |")
+    if res.get("paired"):
+        refs = [r for r in ("moca", "no_identity") if r in res["variants"]]
+        lines += ["", "Likeness differences, paired over the same videos (person, prompt, seed):", "",
+                  "| variant | " + " | ".join(f"minus ({LETTERS[r]}) {r}" for r in refs) + " |",
+                  "|---|" + "---|" * len(refs)]
+        for label in res["variants"]:
+            name = f"({LETTERS[label]}) {label}" if label in LETTERS else label
+            lines.append(f"| {name} | " + " | ".join(ci(res["paired"].get(label, {}).get(r)) for r in refs) + " |")
     if res.get("moca_minus_single_xattn_likeness"):
         lines += ["", f"MoCA minus single cross-attention, paired likeness: {ci(res['moca_minus_single_xattn_likeness'])}"]
     if res.get("costs"):
         lines += ["", "| variant | adapter at 1.3B | share | adapter at 14B | share | FLOPs +% at 1.3B (81x480x832) | "
-                  "forward time x (toy, CPU) |", "|---|---|---|---|---|---|---|"]
+                  f"forward time x ({COST_PRESET}, {COST_T}x{COST_HW[0]}x{COST_HW[1]} latents, CPU) |",
+                  "|---|---|---|---|---|---|---|"]
         for v, c in res["costs"].items():
             lines.append(f"| {v} | {c['adapter_M_wan2.1-1.3b']:.1f}M | {100 * c['share_wan2.1-1.3b']:.2f}% | "
                          f"{c['adapter_M_wan2.1-14b']:.0f}M | {100 * c['share_wan2.1-14b']:.2f}% | "
@@ -600,10 +615,12 @@ def main(argv=None) -> int:
            "variants": results, "seconds_eval": round(time.perf_counter() - t0, 1),
            "train_seconds": {v: json.loads((out / v / "toybench_stamp.json").read_text())["seconds"]
                              for v in TRAINED if (out / v / "toybench_stamp.json").is_file()}}
+    res["paired"] = {label: {r: paired_difference(rows[label], rows[r]) for r in ("moca", "no_identity")
+                             if r in rows and r != label} for label in rows}
     if "moca" in rows and "single_xattn" in rows:
         res["moca_minus_single_xattn_likeness"] = paired_difference(rows["moca"], rows["single_xattn"])
     if not a.no_costs:
-        res["costs"] = costs([label for label, _ in chosen], preset=a.preset)
+        res["costs"] = costs([label for label, _ in chosen])
     if (out / "estimate.json").is_file():                   # training step times measured by --estimate
         res["train_step_seconds"] = json.loads((out / "estimate.json").read_text())["step_seconds"]
     stem = "results_quick" if a.quick else "results"
