@@ -362,9 +362,13 @@ def plot(res: dict, path: Path, width: int = 900):
         d.text((4, top + i * cell + 8), label[:20], fill="black")
     for j, (key, title) in enumerate(keys):
         x0 = left + j * panel
-        d.text((x0 + 4, 8), f"{title} (0..1)", fill="black")
+        # each panel's axis ends at the first of 0.05, 0.1, 0.2, 0.5, 1 past its largest interval end: toy
+        # likeness is a few hundredths, and on a 0..1 axis its bars would be a few pixels wide
+        top_v = max([c for lab in labels for c in (res["variants"][lab][key]["ci95"] or []) if c is not None] + [0.0])
+        end = next((e for e in (0.05, 0.1, 0.2, 0.5) if top_v <= e), 1.0)
+        d.text((x0 + 4, 8), f"{title} (0..{end:g})", fill="black")
         d.line([(x0, top), (x0, top + cell * len(labels))], fill="gray")
-        scale = panel - 20
+        scale = (panel - 20) / end
         for i, label in enumerate(labels):
             s = res["variants"][label][key]
             if s["mean"] is None:
