@@ -14,6 +14,12 @@ the right ones; MoCA as designed writes no variant fields, so its files are what
 | `lean` | lean MoCA, below |
 | `no_identity` | the backbone alone (no adapter) |
 
+**Lean MoCA is the default of the real presets** (`wan2.1-1.3b`, `wan2.1-14b`, `wan2.2-a14b`): the toy benchmark
+(docs/toybench.md) found its likeness within the 95% interval of MoCA as designed (-0.009 [-0.020, +0.001]) at a
+sixth of the parameters. `variant_config("moca", preset)` (a training config's `model.variant: moca`) builds MoCA
+as designed at the widths it was designed with (`DESIGNED_WIDTHS`); every adapter file carries its own config in
+its header, so files of either design load as what they are, whatever the presets say.
+
 **Lean MoCA** keeps everything the paper adds (HTP, one temporal-aware expert per scale, window summaries,
 router) and cuts where MoCA's parameters are: at Wan 2.1 1.3B, 93% of its 203M sit in each block's
 per-expert K/V (95M: four full `D_id -> 2a` projections), the shared Q and O (71M: `D <-> a` at a = 768) and
@@ -36,23 +42,24 @@ from __future__ import annotations
 from .config import MoCAConfig
 
 MODEL_VARIANTS = ("moca", "single_xattn", "frame_scale", "clip_scale", "no_lvpl", "lean", "no_identity")
+ADAPTER_VARIANTS = MODEL_VARIANTS[:-1]           # the ones with an adapter to train (all but no_identity)
 # lean widths per preset: (moca_dim, moca_heads, id_dim); other presets get moca_dim = dim / 6 rounded down to
 # whole heads of the preset's head width
 LEAN_WIDTHS = {"wan2.1-1.3b": (256, 2, 256), "wan2.1-14b": (768, 6, 512), "wan2.2-a14b": (768, 6, 512),
                "toy": (64, 1, 64), "tiny": (64, 1, 64), "small": (128, 1, 128)}
 LEAN_KV_RANK = 16
+# MoCA as designed at the real presets, whose preset fields are now lean MoCA's: (moca_dim, moca_heads, id_dim)
+DESIGNED_WIDTHS = {"wan2.1-1.3b": (768, 6, 512), "wan2.1-14b": (2048, 16, 1024), "wan2.2-a14b": (2048, 16, 1024)}
 
 
 def variant_overrides(variant: str, preset: str = "wan2.1-1.3b") -> dict:
-    """The MoCAConfig fields of a variant at a preset ({} for MoCA as designed, no_lvpl and no_identity)."""
+    """The MoCAConfig fields of a variant at a preset. MoCA as designed and its ablations are MoCA as designed's
+    widths and variant fields (spelled out only where the preset's own are lean MoCA's: the real presets);
+    no_identity has no adapter, so it changes nothing."""
     if variant not in MODEL_VARIANTS:
         raise ValueError(f"Unknown MoCA variant {variant!r}; choose one of {list(MODEL_VARIANTS)}")
-    if variant == "single_xattn":
-        return {"identity_attention": "single", "scales": (1,)}
-    if variant == "frame_scale":
-        return {"scales": (1,)}
-    if variant == "clip_scale":
-        return {"scales": (0,)}
+    if variant == "no_identity":
+        return {}
     if variant == "lean":
         if preset in LEAN_WIDTHS:
             a, heads, d = LEAN_WIDTHS[preset]
@@ -63,11 +70,32 @@ def variant_overrides(variant: str, preset: str = "wan2.1-1.3b") -> dict:
             a, d = heads * head, min(base.id_dim, heads * head)
         return {"moca_dim": a, "moca_heads": heads, "id_dim": d, "expert_kv_rank": LEAN_KV_RANK,
                 "summary_source": "query"}
-    return {}
+    designed = {}
+    if preset in DESIGNED_WIDTHS:
+        a, heads, d = DESIGNED_WIDTHS[preset]
+        designed = {"moca_dim": a, "moca_heads": heads, "id_dim": d, "expert_kv_rank": 0, "summary_source": "video"}
+    if variant == "single_xattn":
+        return {**designed, "identity_attention": "single", "scales": (1,)}
+    if variant == "frame_scale":
+        return {**designed, "scales": (1,)}
+    if variant == "clip_scale":
+        return {**designed, "scales": (0,)}
+    return designed                                                       # moca, no_lvpl
 
 
 def variant_config(variant: str, preset: str = "wan2.1-1.3b", **overrides) -> MoCAConfig:
     return MoCAConfig.preset(preset, **{**variant_overrides(variant, preset), **overrides})
+
+
+def model_config(preset: str, variant: str | None = None, overrides: dict | None = None) -> MoCAConfig:
+    """A training run's MoCA model: the preset (lean MoCA at the real presets), or `variant` at that preset;
+    `overrides` last. no_identity trains nothing, so it is refused here."""
+    if variant is None:
+        return MoCAConfig.preset(preset, **(overrides or {}))
+    if variant not in ADAPTER_VARIANTS:
+        raise ValueError(f"model.variant: {variant!r} is not a MoCA variant with an adapter; choose one of "
+                         f"{list(ADAPTER_VARIANTS)} (no_identity is the backbone alone)")
+    return variant_config(variant, preset, **(overrides or {}))
 
 
 def variant_of(config: MoCAConfig) -> str:

@@ -43,8 +43,13 @@ def test_bench_prints_table_and_ratio(capsys):
     assert re.search(r"^sampler_step_ratio=\d+\.\d{3}$", out, re.M)              # identity guidance vs text CFG
     assert res["sampler"]["identity_s_per_step"] > 0 and res["sampler"]["text_s_per_step"] > 0
     assert len(res["rows"]) == 2 and all(r["moca_peak_mb"] > 0 for r in res["rows"])
-    assert "wan2.1-1.3b: adapter 203.1M = 14.3% of the backbone" in out
+    assert "wan2.1-1.3b (lean): adapter 35.4M = 2.5% of the backbone" in out         # the preset's model
+    assert res["variant"] == "moca" and res["variant_wan2.1-1.3b"] == "lean"
     assert res["flops_wan2.1-1.3b"]["ratio"] < 0.12                          # DESIGN budget: <= 12% FLOPs
+    designed = bench.main(["--preset", "tiny", "--frames", "1", "--reps", "1", "--quick", "--no-memory",
+                           "--variant", "moca"])
+    assert "wan2.1-1.3b (moca): adapter 203.1M = 14.3% of the backbone" in capsys.readouterr().out
+    assert designed["flops_wan2.1-1.3b"]["ratio"] > res["flops_wan2.1-1.3b"]["ratio"]   # lean costs less
 
 
 def test_cli_usage():

@@ -27,10 +27,13 @@ def test_wan13b_overhead_at_81_frames():
     """The review's figure: +5.30 TFLOP counted the whole-clip scale as T windows and the router's time
     projection once per token (it runs once per sample): 5.07 for the padded batched experts; 5.04 since the
     experts run in a loop (each attends to its own M + W keys, no padding)."""
-    cfg = MoCAConfig.preset("wan2.1-1.3b")
+    from moca_model.variants import variant_config
+    cfg = variant_config("moca", "wan2.1-1.3b")                     # MoCA as designed
     o = overhead(cfg)
     assert latent_grid(81, 480, 832, cfg) == (21, 30, 52)
     print(f"\nwan2.1-1.3b, 81 frames 480x832: MoCA +{o['moca_tflops']:.3f} TFLOP on {o['backbone_tflops']:.1f} "
           f"({100 * o['ratio']:.2f}%)")
     assert o["moca_tflops"] == pytest.approx(5.04, abs=0.01)
     assert o["ratio"] < 0.12
+    lean = overhead(MoCAConfig.preset("wan2.1-1.3b"))             # the preset's model since issue 10
+    assert lean["moca_tflops"] == pytest.approx(1.68, abs=0.01)

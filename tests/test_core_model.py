@@ -117,12 +117,15 @@ def test_load_backbone_rejects_i2v_and_diffusers_layouts():
 
 
 def test_parameter_budget_of_real_presets():
+    from moca_model.variants import variant_config
     for preset in ("wan2.1-1.3b", "wan2.1-14b"):
-        model = MoCADiT(MoCAConfig.preset(preset), device="meta")
-        backbone, adapter = model.num_parameters(), model.num_parameters("adapter")
-        share = adapter / backbone
-        print(f"{preset}: backbone {backbone / 1e6:.1f}M, adapter {adapter / 1e6:.1f}M ({100 * share:.1f}%)")
-        assert share <= 0.15
+        for name, cfg, budget in (("preset (lean)", MoCAConfig.preset(preset), 0.03),
+                                  ("as designed", variant_config("moca", preset), 0.15)):
+            model = MoCADiT(cfg, device="meta")
+            backbone, adapter = model.num_parameters(), model.num_parameters("adapter")
+            share = adapter / backbone
+            print(f"{preset} {name}: backbone {backbone / 1e6:.1f}M, adapter {adapter / 1e6:.1f}M ({100 * share:.1f}%)")
+            assert share <= budget
     assert 1.40e9 < MoCADiT(MoCAConfig.preset("wan2.1-1.3b"), device="meta").num_parameters() < 1.45e9
 
 

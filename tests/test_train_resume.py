@@ -130,3 +130,43 @@ def test_checkpoint_files_reach_the_disk(shards, tmp_path, monkeypatch):
     names = {os.path.basename(p) for p in synced}
     assert {"model.safetensors", "optimizer.safetensors", "ema.safetensors", "state.json"} <= names
     assert str(path.parent) in synced                          # the rename itself is durable
+
+
+def test_resume_and_export_keep_the_model_the_checkpoint_trained(shards, tmp_path):
+    """The real presets became lean MoCA (issue 10): a run started on another model must not resume into the
+    new one's shapes, and a checkpoint exports as the model it trained, which its state records."""
+    import json
+
+    from moca_model.checkpoint import read_moca
+    from moca_model.training.checkpointing import checkpoint_model_config
+    from moca_model.training.export import export_checkpoint
+    from moca_model.training.train_state import list_checkpoints
+    from moca_model.variants import variant_config, variant_of
+    sections = {"optim": {"max_steps": 4}, "checkpoint": {"every": 2}}
+    _interrupted(tmp_path / "run", shards, **sections)
+    ck = list_checkpoints(tmp_path / "run")[-1]
+    st = json.loads((ck / "state.json").read_text())
+    assert checkpoint_model_config(st) == variant_config("moca", "tiny")
+    lean = Trainer(tiny_train_config(tmp_path / "run", shards, model={"variant": "lean"}, **sections),
+                   device="cpu", log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"trained another MoCA model \(moca\) than this config builds \(lean\)"
+                                         r".*model.variant: moca"):
+        lean.resume()
+    same = Trainer(tiny_train_config(tmp_path / "run", shards, model={"variant": "moca"}, **sections),
+                   device="cpu", log=lambda *a: None)
+    assert same.resume() and same.step == 2                       # the variant spelled out: the same model
+    f = read_moca(export_checkpoint(ck, tmp_path / "out.safetensors"))
+    assert f.config == variant_config("moca", "tiny")
+    # a checkpoint from before the change records no model: its preset's model then, MoCA as designed
+    del st["moca_config"]
+    st["config"]["model"]["preset"] = "wan2.1-1.3b"
+    assert variant_of(checkpoint_model_config(st)) == "moca" and checkpoint_model_config(st).moca_dim == 768
+    st["config"]["model"]["variant"] = "lean"
+    assert checkpoint_model_config(st) == variant_config("lean", "wan2.1-1.3b")
+
+
+def test_model_variant_is_validated(tmp_path, shards):
+    with pytest.raises(ValueError, match=r"model.variant='no_identity'.*no adapter to train"):
+        tiny_train_config(tmp_path, shards, model={"variant": "no_identity"})
+    with pytest.raises(ValueError, match=r"model.variant='big'"):
+        tiny_train_config(tmp_path, shards, model={"variant": "big"})

@@ -37,8 +37,11 @@ def make_module(c: TrainConfig, mc: MoCAConfig, device) -> MoCATrainModule:
         from ..checkpoint import read_moca
         f = read_moca(c.model.adapter_init)
         if f.config != mc:
-            raise ValueError(f"model.adapter_init {c.model.adapter_init} was made for another MoCA config; "
-                             "set model.preset / model.overrides to match it")
+            from ..variants import variant_of
+            raise ValueError(f"model.adapter_init {c.model.adapter_init} was made for another MoCA config "
+                             f"({variant_of(f.config)}, moca_dim {f.config.moca_dim}) than this run builds "
+                             f"({variant_of(mc)}, moca_dim {mc.moca_dim}); set model.variant (moca: MoCA as "
+                             "designed) / model.preset / model.overrides to match it")
         dit.adapter.load_state_dict(f.adapter_state)
 
     mode = c.train.trainable

@@ -26,6 +26,20 @@ def trainable_state(trainer) -> dict:
     return {n: full_cpu(p) for n, p in trainer.params.items()}
 
 
+def checkpoint_model_config(st: dict):
+    """The MoCA model a checkpoint's state (state.json) was trained with. Checkpoints store it since the real
+    presets became lean MoCA; an older one's is its training config's preset, which then meant MoCA as designed."""
+    from ..config import MoCAConfig
+    from ..variants import DESIGNED_WIDTHS, model_config
+    if st.get("moca_config"):
+        return MoCAConfig.from_dict(st["moca_config"])
+    m = st.get("config", {}).get("model", {})
+    preset, variant = m.get("preset", "tiny"), m.get("variant")
+    if variant is None and preset in DESIGNED_WIDTHS:
+        variant = "moca"
+    return model_config(preset, variant, m.get("overrides") or {})
+
+
 def data_stream(trainer) -> dict:
     """What fixes the stream of samples and their draws, beyond the global batch: the seed, the shard set
     (names, sample counts and sizes; not folders, so a moved cache still resumes), the order and the text
@@ -78,6 +92,7 @@ def save(trainer) -> Path | None:
             {"samples_seen": trainer.step * trainer.global_batch, "world_size": trainer.dist.world,
              "ema_updates": trainer.ema.num_updates if trainer.ema else 0, "data_stream": data_stream(trainer),
              "global_batch": trainer.global_batch, "config": trainer.cfg.to_dict(),
+             "moca_config": trainer.mcfg.to_dict(),
              "face_recognizer": _recognizer(trainer) and _recognizer(trainer).as_dict()},
             keep_last=trainer.cfg.checkpoint.keep_last)
         trainer.log(f"[moca-train] checkpoint {path}")
@@ -99,6 +114,15 @@ def resume(trainer, path=None) -> bool:
     require_match(_recognizer(trainer), "this run's training shards", Recognizer.from_value(st.get("face_recognizer")),
                   f"checkpoint {path}", "resume on shards of the checkpoint's recogniser (data.shards), or start a "
                   "new run (another out_dir) on these shards.", "train_moca.py --resume")
+    trained = checkpoint_model_config(st)
+    if trained != trainer.mcfg:
+        from ..variants import variant_of
+        diff = [f"{f} {getattr(trained, f)!r} -> {getattr(trainer.mcfg, f)!r}" for f in trained.to_dict()
+                if getattr(trained, f) != getattr(trainer.mcfg, f)]
+        raise ValueError(f"{path} trained another MoCA model ({variant_of(trained)}) than this config builds "
+                         f"({variant_of(trainer.mcfg)}): {'; '.join(diff)}. The wan presets build lean MoCA since "
+                         "2026-12; to resume a run of MoCA as designed set model.variant: moca (or the run's "
+                         "model.overrides), or start a new run in another out_dir.")
     if st["global_batch"] != trainer.global_batch:
         raise ValueError(f"{path} was trained with a global batch of {st['global_batch']} samples; this run has "
                          f"{trainer.global_batch} (batch_size x grad_accum x processes). Keep the global batch "

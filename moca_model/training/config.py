@@ -22,7 +22,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class ModelSection:
-    preset: str = "tiny"                    # MoCAConfig preset: tiny | small | wan2.1-1.3b | wan2.1-14b
+    preset: str = "tiny"                    # MoCAConfig preset: tiny | toy | small | wan2.1-1.3b | wan2.1-14b | wan2.2-a14b
+    variant: str | None = None              # None: the preset's model (lean MoCA at the real presets); or a
+    #                                         moca_model.variants name: moca (MoCA as designed), single_xattn, ...
     overrides: dict = field(default_factory=dict)   # MoCAConfig fields to change, e.g. {num_local_tokens: 16}
     backbone: str | None = None             # Wan 2.1 T2V .safetensors; None = random init (tests, benchmarks)
     adapter_init: str | None = None         # start from this adapter file instead of a fresh adapter
@@ -194,6 +196,10 @@ class TrainConfig:
         if lv.stage_weights is not None and len(lv.stage_weights) != len(lv.stages):
             problems.append(f"objective.lvpl.stage_weights has {len(lv.stage_weights)} entries for "
                             f"{len(lv.stages)} stages")
+        from ..variants import ADAPTER_VARIANTS
+        if self.model.variant is not None and self.model.variant not in ADAPTER_VARIANTS:
+            problems.append(f"model.variant={self.model.variant!r} (choose {ADAPTER_VARIANTS}, or leave it out "
+                            "for the preset's model; no_identity has no adapter to train)")
         if problems:
             raise ValueError("Invalid training config: " + "; ".join(problems))
 

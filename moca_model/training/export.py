@@ -15,6 +15,7 @@ import torch
 from ..adapter import MoCAAdapter
 from ..checkpoint import save_moca
 from ..config import MoCAConfig
+from . import checkpointing
 from .config import DTYPES
 
 ADAPTER_PREFIX = "dit.adapter."
@@ -84,7 +85,7 @@ def export_checkpoint(ckpt_dir, out, use_ema: bool = True, dtype: str = "bfloat1
     ckpt_dir = Path(ckpt_dir)
     st = json.loads((ckpt_dir / "state.json").read_text(encoding="utf-8"))
     cfg = TrainConfig.from_dict(st["config"])
-    mcfg = MoCAConfig.preset(cfg.model.preset, **cfg.model.overrides)
+    mcfg = checkpointing.checkpoint_model_config(st)
     ema = ckpt_dir / "ema.safetensors"
     state = load_file(str(ema if use_ema and ema.is_file() else ckpt_dir / "model.safetensors"))
     lora_names = None

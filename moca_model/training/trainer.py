@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import MoCAConfig
+from ..variants import model_config, variant_of
 from . import build, checkpointing, parallel
 from .config import DTYPES, TrainConfig
 from .data import PERSON_KEYS, RankStream, SampleOrder, ShardDataset, micro_batch_loader
@@ -58,7 +58,7 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         configure_determinism(c.train.deterministic, self.device)
         self.out_dir = Path(c.out_dir)
-        self.mcfg = MoCAConfig.preset(c.model.preset, **c.model.overrides)
+        self.mcfg = model_config(c.model.preset, c.model.variant, c.model.overrides)
 
         self.dataset = ShardDataset(c.data.shards)       # refuses shards of different face recognisers
         for path, why in self.dataset.skipped:
@@ -114,7 +114,7 @@ class Trainer:
         module.dit.gradient_checkpointing = c.train.gradient_checkpointing
         module.train()
         n = build.describe(module)
-        self.log(f"[moca-train] MoCA {c.model.preset}: backbone {n['backbone']:.1f}M, adapter {n['adapter']:.1f}M, "
+        self.log(f"[moca-train] MoCA {c.model.preset} ({variant_of(self.mcfg)}): backbone {n['backbone']:.1f}M, adapter {n['adapter']:.1f}M, "
                  f"trainable {n['trainable']:.2f}M ({c.train.trainable}); {self.dist.world} process(es) on "
                  f"{self.device} ({c.train.strategy if self.dist.enabled else 'single'})")
         return module
