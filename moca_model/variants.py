@@ -93,7 +93,7 @@ def model_config(preset: str, variant: str | None = None, overrides: dict | None
     if variant is None:
         return MoCAConfig.preset(preset, **(overrides or {}))
     if variant not in ADAPTER_VARIANTS:
-        raise ValueError(f"model.variant: {variant!r} is not a MoCA variant with an adapter; choose one of "
+        raise ValueError(f"{variant!r} is not a MoCA variant with an adapter; choose one of "
                          f"{list(ADAPTER_VARIANTS)} (no_identity is the backbone alone)")
     return variant_config(variant, preset, **(overrides or {}))
 

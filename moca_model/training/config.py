@@ -22,7 +22,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class ModelSection:
-    preset: str = "tiny"                    # MoCAConfig preset: tiny | toy | small | wan2.1-1.3b | wan2.1-14b | wan2.2-a14b
+    preset: str = "tiny"                    # MoCAConfig preset: tiny | toy | small | wan2.1-1.3b | wan2.1-14b |
+    #                                         wan2.2-a14b
     variant: str | None = None              # None: the preset's model (lean MoCA at the real presets); or a
     #                                         moca_model.variants name: moca (MoCA as designed), single_xattn, ...
     overrides: dict = field(default_factory=dict)   # MoCAConfig fields to change, e.g. {num_local_tokens: 16}

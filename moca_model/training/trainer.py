@@ -114,8 +114,8 @@ class Trainer:
         module.dit.gradient_checkpointing = c.train.gradient_checkpointing
         module.train()
         n = build.describe(module)
-        self.log(f"[moca-train] MoCA {c.model.preset} ({variant_of(self.mcfg)}): backbone {n['backbone']:.1f}M, adapter {n['adapter']:.1f}M, "
-                 f"trainable {n['trainable']:.2f}M ({c.train.trainable}); {self.dist.world} process(es) on "
+        self.log(f"[moca-train] MoCA {c.model.preset} ({variant_of(self.mcfg)}): backbone {n['backbone']:.1f}M, "
+                 f"adapter {n['adapter']:.1f}M, trainable {n['trainable']:.2f}M ({c.train.trainable}); {self.dist.world} process(es) on "
                  f"{self.device} ({c.train.strategy if self.dist.enabled else 'single'})")
         return module
 
