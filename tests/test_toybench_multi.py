@@ -35,8 +35,10 @@ def test_faithful_swapped_and_blended_videos(judge, item):
     frames = item["world_frames"][::4]                                            # 5 frames
     ok = TM.multi_video_metrics(judge, frames, item["references"])
     assert ok["faces"] == 10 and ok["swap_rate"] == 0 and ok["blend_rate"] == 0 and ok["own"] > ok["cross"] + 0.5
+    assert TM.separation(ok) > 0.5
     swapped = TM.multi_video_metrics(judge, frames, item["references"][::-1])    # each face is the other person
     assert swapped["swap_rate"] == 1 and swapped["own"] < swapped["cross"] - 0.5
+    assert TM.separation(swapped) < -0.5
     # each face overlaid with the mirrored other face (the people stand mirror-symmetric): a blend of both
     blend = ((frames.astype(np.float32) + frames[:, :, ::-1]) / 2).round().astype(np.uint8)
     mixed = TM.multi_video_metrics(judge, blend, item["references"])
@@ -62,9 +64,13 @@ def test_summary_and_table():
     s = TM.summarise_multi(rows)
     assert s["videos"] == 3 and s["own"]["mean"] == pytest.approx(0.7) and s["own"]["n"] == 2
     assert s["missing"]["mean"] == pytest.approx(0.5) and s["swap_rate"]["mean"] == pytest.approx(0.1)
+    assert s["separation"]["mean"] == pytest.approx(0.5) and s["separation"]["n"] == 2     # (0.7 + 0.3) / 2
+    # per person where both were measured: person 2 has no face, so only person 1 counts
+    assert TM.separation({"own": 0.5, "cross": 0.0, "own_per_person": [0.5, None],
+                          "cross_per_person": [0.1, None]}) == pytest.approx(0.4)
     md = TM.markdown_multi({"pairs": 3, "prompts": 1, "threshold": 0.4,
                             "rows": [{"label": "moca", "binding": "regions", "summary": s}]})
-    assert "| moca | regions | 0.700 [" in md and "swap rate" in md
+    assert "| moca | regions | 0.700 [" in md and "swap rate" in md and "| 0.500 [" in md
 
 
 def test_strip_png(tmp_path):

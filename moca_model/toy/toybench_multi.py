@@ -10,7 +10,7 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
   concat   - the naive baseline: both identities' tokens concatenated, attended everywhere, no regions
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
 assigned left to right, as the layout asks): each person's likeness to its own reference and the highest to the
-other's, the swap rate (faces more similar to the other reference), the blend rate (own and other reference both
+other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference), the blend rate (own and other reference both
 at or above --blend-threshold at once) and the share of missing faces; 95% bootstrap intervals over videos.
 The single-identity numbers are `toybench` without --multi: one identity takes the unchanged single-identity path
 (bit-identical to before identity regions existed: tests/test_core_regions.py).
@@ -27,7 +27,7 @@ import numpy as np
 
 BINDINGS = ("regions", "masks", "concat")
 BLEND_THRESHOLD = 0.4
-MULTI_MEANS = ("own", "cross", "swap_rate", "blend_rate", "missing")
+MULTI_MEANS = ("own", "cross", "separation", "swap_rate", "blend_rate", "missing")
 
 
 def two_person_item(n: int, k: int) -> dict:
@@ -106,9 +106,20 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
     return rows
 
 
+def separation(row: dict) -> float | None:
+    """Own likeness minus the other's, per person where both were measured, averaged over people: > 0 when the
+    faces look more like their own reference than like the other one (a swap-free video), ~0 when the identities
+    do not reach their own faces. Unlike the swap rate it weighs by how much, so it resolves small toy likenesses."""
+    own, cross = row.get("own_per_person"), row.get("cross_per_person")
+    if own is None or cross is None:                               # a row without the per-person lists
+        return None if row.get("own") is None or row.get("cross") is None else row["own"] - row["cross"]
+    d = [o - c for o, c in zip(own, cross) if o is not None and c is not None]
+    return float(np.mean(d)) if d else None
+
+
 def summarise_multi(rows: list[dict]) -> dict:
     from .toybench import summarise
-    return summarise(rows, MULTI_MEANS)
+    return summarise([{**r, "separation": separation(r)} for r in rows], MULTI_MEANS)
 
 
 def markdown_multi(res: dict) -> str:
@@ -119,12 +130,13 @@ def markdown_multi(res: dict) -> str:
         return f"{d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
     lines = [f"Two people per video: {res['pairs']} pairs of held-out people x {res['prompts']} prompt(s); evaluation "
              f"recogniser; blend threshold {res['threshold']}.", "",
-             "| adapter | binding | own likeness | other's likeness | swap rate | blend rate | faces missing |",
-             "|---|---|---|---|---|---|---|"]
+             "| adapter | binding | own likeness | other's likeness | own minus other | swap rate | blend rate | "
+             "faces missing |", "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         s = r["summary"]
-        lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {ci(s['swap_rate'])} | "
-                     f"{ci(s['blend_rate'])} | {ci(s['missing'])} |")
+        sep = ci(s["separation"]) if "separation" in s else "n/a"           # summaries written before it existed
+        lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {sep} | "
+                     f"{ci(s['swap_rate'])} | {ci(s['blend_rate'])} | {ci(s['missing'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +150,10 @@ def strip(frames_by_row: list[tuple[str, np.ndarray]], path: Path, every: int = 
         picked = frames[::every]
         row = np.concatenate(list(picked), axis=1)
         pad = Image.new("RGB", (160, row.shape[0]), (20, 20, 24))
-        ImageDraw.Draw(pad).text((6, row.shape[0] // 2 - 6), label, fill=(230, 230, 230))
+        # adapter and binding on lines of their own, long file names wrapped at 24 characters
+        lines = [part[i:i + 24] for part in label.split(" / ") for i in range(0, len(part), 24)]
+        for i, text in enumerate(lines):
+            ImageDraw.Draw(pad).text((6, row.shape[0] // 2 - 7 * len(lines) + 14 * i), text, fill=(230, 230, 230))
         rows.append(np.concatenate([np.asarray(pad), row], axis=1))
     width = max(r.shape[1] for r in rows)
     img = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
