@@ -10,8 +10,9 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
   concat   - the naive baseline: both identities' tokens concatenated, attended everywhere, no regions
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
 assigned left to right, as the layout asks): each person's likeness to its own reference and the highest to the
-other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference), the blend rate (own and other reference both
-at or above --blend-threshold at once) and the share of missing faces; 95% bootstrap intervals over videos.
+other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference),
+the blend rate (own and other reference both at or above --blend-threshold at once) and the share of missing
+faces; 95% bootstrap intervals over videos.
 The single-identity numbers are `toybench` without --multi: one identity takes the unchanged single-identity path
 (bit-identical to before identity regions existed: tests/test_core_regions.py).
 Per-video results go to `<out>/eval_multi/<label>-<binding>-<digest>/` (resumable); outputs `<out>/results_multi.json`,
