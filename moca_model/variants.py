@@ -43,24 +43,25 @@ from .config import MoCAConfig
 
 MODEL_VARIANTS = ("moca", "single_xattn", "frame_scale", "clip_scale", "no_lvpl", "lean", "no_identity")
 ADAPTER_VARIANTS = MODEL_VARIANTS[:-1]           # the ones with an adapter to train (all but no_identity)
-# lean widths per preset: (moca_dim, moca_heads, id_dim); other presets get moca_dim = dim / 6 rounded down to
-# whole heads of the preset's head width
-LEAN_WIDTHS = {"wan2.1-1.3b": (256, 2, 256), "wan2.1-14b": (768, 6, 512), "wan2.2-a14b": (768, 6, 512),
-               "toy": (64, 1, 64), "tiny": (64, 1, 64), "small": (128, 1, 128)}
+# lean widths of the test / toy presets: (moca_dim, moca_heads, id_dim); the real presets are lean MoCA themselves
+# (config.PRESETS), and any other preset gets moca_dim = dim / 6 rounded down to whole heads of its head width
+LEAN_WIDTHS = {"toy": (64, 1, 64), "tiny": (64, 1, 64), "small": (128, 1, 128)}
 LEAN_KV_RANK = 16
-# MoCA as designed at the real presets, whose preset fields are now lean MoCA's: (moca_dim, moca_heads, id_dim)
+# MoCA as designed at the real presets, whose preset fields are lean MoCA's: (moca_dim, moca_heads, id_dim)
 DESIGNED_WIDTHS = {"wan2.1-1.3b": (768, 6, 512), "wan2.1-14b": (2048, 16, 1024), "wan2.2-a14b": (2048, 16, 1024)}
 
 
 def variant_overrides(variant: str, preset: str = "wan2.1-1.3b") -> dict:
     """The MoCAConfig fields of a variant at a preset. MoCA as designed and its ablations are MoCA as designed's
-    widths and variant fields (spelled out only where the preset's own are lean MoCA's: the real presets);
-    no_identity has no adapter, so it changes nothing."""
+    widths and variant fields (spelled out only where the preset's own are lean MoCA's: the real presets, whose
+    lean variant is the preset itself); no_identity has no adapter, so it changes nothing."""
     if variant not in MODEL_VARIANTS:
         raise ValueError(f"Unknown MoCA variant {variant!r}; choose one of {list(MODEL_VARIANTS)}")
     if variant == "no_identity":
         return {}
     if variant == "lean":
+        if preset in DESIGNED_WIDTHS:                                    # the real presets: lean MoCA already
+            return {}
         if preset in LEAN_WIDTHS:
             a, heads, d = LEAN_WIDTHS[preset]
         else:

@@ -158,8 +158,10 @@ def test_lean_is_at_most_3_percent_of_the_real_backbones():
 def test_real_presets_build_lean_moca_and_variants_keep_the_designed_widths(preset):
     """The toy benchmark put lean within MoCA's interval, so the real presets are lean MoCA (issue 10); every
     ablation stays MoCA as designed with one thing changed, at the designed widths."""
-    assert MoCAConfig.preset(preset) == variant_config("lean", preset)
-    assert variant_of(MoCAConfig.preset(preset)) == "lean"
+    lean = MoCAConfig.preset(preset)
+    assert lean == variant_config("lean", preset) and variant_of(lean) == "lean"
+    assert (lean.moca_dim, lean.moca_heads, lean.id_dim) == {"wan2.1-1.3b": (256, 2, 256)}.get(preset, (768, 6, 512))
+    assert (lean.expert_kv_rank, lean.summary_source) == (16, "query")
     designed = variant_config("moca", preset)
     assert variant_of(designed) == "moca" and designed.expert_kv_rank == 0 and designed.summary_source == "video"
     assert designed.moca_dim == {"wan2.1-1.3b": 768}.get(preset, 2048)

@@ -135,8 +135,7 @@ def markdown_multi(res: dict) -> str:
              "faces missing |", "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         s = r["summary"]
-        sep = ci(s["separation"]) if "separation" in s else "n/a"           # summaries written before it existed
-        lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {sep} | "
+        lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {ci(s['separation'])} | "
                      f"{ci(s['swap_rate'])} | {ci(s['blend_rate'])} | {ci(s['missing'])} |")
     return "\n".join(lines) + "\n"
 
