@@ -90,6 +90,23 @@ def left_to_right_masks(count: int, grid: tuple, centres=None) -> torch.Tensor:
     return masks[:, None, None, :].expand(count, 1, h, w)
 
 
+def left_to_right_regions(regions: torch.Tensor) -> torch.Tensor:
+    """What the automatic binding gives people whose regions are known (training it: data.automatic_binding).
+    regions [P, T, h, w] in 0..1 -> strips [P, T, h, w]: the split `left_to_right_masks` makes from the people's
+    horizontal centres (here each region's centre of mass over all frames), each person taking the strip of its
+    rank from the left. A person with an empty region makes the split equal strips, in list order."""
+    P, T, h, w = regions.shape
+    mass = regions.float().sum(dim=(1, 2))                                         # [P, w]
+    total = mass.sum(dim=1)                                                        # [P]
+    if bool((total <= 0).any()):
+        return left_to_right_masks(P, (T, h, w)).expand(P, T, h, w).clone()
+    col = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    centres = (mass * col).sum(dim=1) / total                                      # [P] 0..1
+    strips = left_to_right_masks(P, (T, h, w), centres.tolist())                   # [P, 1, h, w], left to right
+    rank = torch.argsort(torch.argsort(centres, stable=True), stable=True)         # person -> its strip
+    return strips[rank].expand(P, T, h, w).clone()
+
+
 def resolve_overlap(weights: torch.Tensor, overlap: str = "largest") -> torch.Tensor:
     """weights [B, K, T, N] -> per-token weights under the overlap rule (module docstring)."""
     if overlap == "largest":

@@ -6,8 +6,8 @@ import torch
 from moca_model import MoCAConfig, MoCADiT
 from moca_model.adapter import live_adapter
 from moca_model.options import MoCAOptions
-from moca_model.regions import (RegionalIdentity, ResolvedRegions, left_to_right_masks, mask_to_token_grid,
-                                resolve_overlap)
+from moca_model.regions import (RegionalIdentity, ResolvedRegions, left_to_right_masks, left_to_right_regions,
+                                mask_to_token_grid, resolve_overlap)
 
 VARIANTS = {"moca": {}, "single": {"identity_attention": "single", "scales": (1,)},
             "lean": {"expert_kv_rank": 4, "summary_source": "query"}}
@@ -162,6 +162,23 @@ def test_left_to_right_binding():
         left_to_right_masks(2, grid, centres=[0.5])
     with pytest.raises(ValueError, match="1 to 4"):
         RegionalIdentity([torch.zeros(1, 2, 3)] * 5)
+
+
+def test_left_to_right_regions_from_known_masks():
+    """Training the automatic binding: each person takes the strip of its rank from the left, split where the
+    binding would split between their centres (person 0 standing on the right gets the right strip)."""
+    regions = torch.zeros(2, 3, 4, 10)
+    regions[0, :, 1:3, 6:9] = 1                                                  # person 0 on the right, centre 0.75
+    regions[1, :, 1:3, 1:3] = 1                                                  # person 1 on the left, centre 0.2
+    strips = left_to_right_regions(regions)
+    assert strips.shape == (2, 3, 4, 10)
+    split = [1] * 5 + [0] * 5                                                    # midpoint 0.475: columns 0-4
+    assert strips[1, :, :].eq(torch.tensor(split, dtype=torch.float32)).all()
+    assert strips[0].eq(1 - torch.tensor(split, dtype=torch.float32)).all()
+    assert torch.equal(strips.sum(0), torch.ones(3, 4, 10))                     # every token has one owner
+    regions[1] = 0                                                               # someone out of the clip: equal strips
+    eq = left_to_right_regions(regions)
+    assert eq[0, 0, 0].tolist() == [1] * 5 + [0] * 5 and eq[1, 0, 0].tolist() == [0] * 5 + [1] * 5
 
 
 def test_resolved_regions_shape_checked():

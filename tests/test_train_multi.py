@@ -93,6 +93,35 @@ def test_mixed_batch_draws_and_one_person_loss_unchanged(mixed, tmp_path):
     assert l3[0] == l2[0] and abs(float(l3[1] - l2[1])) > 1e-7
 
 
+def test_automatic_binding_share_trains_strips_instead_of_masks(mixed, tmp_path):
+    """data.automatic_binding: that share of several-people clips gets the left-to-right strips (what the
+    binding without masks gives at inference) as regions; 0 keeps the masks and every draw as before."""
+    from moca_model.regions import left_to_right_regions
+    ds = trainer(mixed, tmp_path / "r0").dataset
+    two = [dict(ds[1]), dict(ds[3])]
+    for s in two:                                                       # heads, person 0 on the right
+        pm = torch.zeros_like(s["person_mask"])
+        pm[0, :, 2:5, 5:7] = 1
+        pm[1, :, 2:5, 1:3] = 1
+        s["person_mask"] = pm
+    batches = {}
+    for share in (0.0, 1.0, 0.5):
+        obj = trainer(mixed, tmp_path / f"r{share}", data={"automatic_binding": share}).objective
+        batches[share] = [obj.make_batch(two, [p, p + 1]) for p in range(0, 40, 2)]
+    masks = torch.stack([s["person_mask"] for s in two])
+    strips = torch.stack([left_to_right_regions(s["person_mask"]) for s in two])
+    assert strips[0, 0, 0, 0].tolist() == [0] * 4 + [1] * 4             # person 0 takes the right half
+    for b0, b1 in zip(batches[0.0], batches[1.0]):
+        assert torch.equal(b0.people.region, masks) and torch.equal(b1.people.region, strips)
+        for f in ("x0", "noise", "sigma", "context", "arcface"):           # the share draws nothing else
+            assert torch.equal(getattr(b0, f), getattr(b1, f))
+        assert torch.equal(b0.people.arcface, b1.people.arcface)
+    as_strips = [torch.equal(b.people.region[i], strips[i]) for b in batches[0.5] for i in (0, 1)]
+    assert 0 < sum(as_strips) < len(as_strips)                             # about half, drawn per clip
+    with pytest.raises(ValueError, match="automatic_binding"):
+        trainer(mixed, tmp_path / "bad", data={"automatic_binding": 1.5})
+
+
 def test_trainer_runs_mixed_batches(mixed, tmp_path):
     t = trainer(mixed, tmp_path / "run", optim={"max_steps": 3})
     import contextlib

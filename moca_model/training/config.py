@@ -40,6 +40,9 @@ class DataSection:
     grad_accum: int = 1                     # micro-batches per optimiser step (global batch = B * accum * world)
     text_len: int | None = None             # pad text states to this many tokens (None = 512, as Wan does)
     reference: str = "random"               # several references per sample: a "random" one per step, or the "first"
+    automatic_binding: float = 0.0          # share of several-people clips trained with the left-to-right strips the
+    #                                         automatic binding gives (regions.left_to_right_regions) instead of
+    #                                         their masks, so that binding without masks works at inference
     shuffle: bool = True
     num_workers: int = 2                    # background processes reading micro-batches ahead (0 = read in the loop)
     prefetch: int = 2                       # micro-batches each worker keeps ready
@@ -175,6 +178,8 @@ class TrainConfig:
             problems.append("data.batch_size and data.grad_accum must be >= 1")
         if self.data.num_workers < 0 or self.data.prefetch < 1:
             problems.append("data.num_workers must be >= 0 and data.prefetch >= 1")
+        if not 0.0 <= self.data.automatic_binding <= 1.0:
+            problems.append(f"data.automatic_binding={self.data.automatic_binding} (a share: 0 to 1)")
         if self.data.reference not in ("random", "first"):
             problems.append(f"data.reference={self.data.reference!r} (choose random, first)")
         if self.model.backbone_dtype in ("bfloat16", "float16") and self.train.mixed_precision == "no" \

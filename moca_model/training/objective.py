@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..regions import RegionalIdentity
+from ..regions import RegionalIdentity, left_to_right_regions
 from . import flow
 from .config import TrainConfig
 from .data import num_people
@@ -115,7 +115,8 @@ class FlowObjective:
 
     def _people(self, samples, positions, arc, flat) -> People:
         """Every person's identity and region; the reference of persons 2.. is drawn after the sample's other
-        draws (so a one-person sample draws exactly what it always did)."""
+        draws (so a one-person sample draws exactly what it always did), then, with data.automatic_binding > 0,
+        whether this clip trains the automatic binding (left-to-right strips) instead of its masks."""
         K = max(num_people(s) for s in samples)
         arcs, flats, regions = [], [], []
         for s, pos, a0, f0 in zip(samples, positions, arc, flat):
@@ -131,6 +132,9 @@ class FlowObjective:
                 pa.append((a[r] if a.ndim == 2 else a).float())
                 pf.append((fl[r] if fl.ndim == 5 else fl).float())
             region = s["person_mask"].float() if P > 1 else torch.ones(1, T, h, w)
+            share = self.cfg.data.automatic_binding
+            if P > 1 and share > 0 and bool(torch.rand((), generator=g) < share):     # drawn only when asked
+                region = left_to_right_regions(region)
             arcs.append(torch.stack(pa + [a0] * (K - P)))
             flats.append(torch.stack(pf + [f0] * (K - P)))
             regions.append(torch.cat([region, region.new_zeros(K - P, T, h, w)]))
