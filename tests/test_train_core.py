@@ -228,7 +228,8 @@ def test_validation_writes_a_video(shards, tmp_path):
 
 @pytest.mark.parametrize("name", ["train_tiny.yaml", "train_wan2.1-1.3b.yaml", "train_wan2.1-14b.yaml",
                                   "train_wan2.2-a14b-high-noise.yaml", "train_wan2.2-a14b-low-noise.yaml",
-                                  "toy_moca.yaml", "toy_moca_joint.yaml", "toy_moca_multi.yaml"])
+                                  "toy_moca.yaml", "toy_moca_joint.yaml", "toy_moca_multi.yaml",
+                                  "toy_moca_multi_binding.yaml"])
 def test_example_configs_parse(name):
     pytest.importorskip("yaml", reason="PyYAML not installed (requirements-train.txt); YAML configs untested")
     from pathlib import Path
