@@ -111,3 +111,22 @@ def test_quick_multi_end_to_end(stand_ins, capsys):  # noqa: F811
     mtime = items[0].stat().st_mtime_ns
     assert TB.main(args + ["--no-strip"]) == 0                             # per-video results are reused
     assert items[0].stat().st_mtime_ns == mtime
+
+
+def test_multi_procs_match_one_process(stand_ins, tmp_path):  # noqa: F811
+    """--multi --procs 2: one worker per adapter and binding; the summary equals the one-process run's."""
+    import json
+    import shutil
+
+    from moca_model.toy import toybench as TB
+    root, out = stand_ins
+    args = ["moca", "no_identity", "--multi", "--quick", "--people", "1", "--steps", "2", "--no-strip",
+            "--preset", "tiny", "--backbone", str(root / "backbone.safetensors"), "--vae", str(root / "vae.safetensors")]
+    assert TB.main(args + ["--out", str(out)]) == 0
+    par = tmp_path / "par"
+    shutil.copytree(out, par, ignore=shutil.ignore_patterns("eval_multi", "results_multi*"))
+    assert TB.main(args + ["--out", str(par), "--procs", "2"]) == 0
+    folders = sorted(p.name for p in (par / "eval_multi").iterdir())
+    assert len(folders) == 4 and sorted(p.name for p in (out / "eval_multi").iterdir()) == folders
+    one, two = (json.loads((d / "results_multi_quick.json").read_text())["rows"] for d in (out, par))
+    assert one == two

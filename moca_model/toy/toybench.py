@@ -494,18 +494,25 @@ def argv_of(a) -> list[str]:
     return out + (["--quick"] if a.quick else []) + ([] if a.vae_bf16 else ["--vae-fp32"])
 
 
-def evaluate_in_parallel(a, chosen, flags: list[str], log=print):
-    """Evaluate the adapters in `a.procs` worker processes of one thread each (one adapter per worker); their
-    per-video results are what the summary then reads."""
+def worker_name(label: str, path) -> str:
+    """How a worker process is told an adapter: a variant by its name (its worker resolves the same file and files
+    its results under the same label the summary reads), any other adapter by its path."""
+    return label if label in VARIANTS else str(path)
+
+
+def evaluate_in_parallel(a, chosen, flags: list[str], log=print, jobs: list[list[str]] | None = None):
+    """Evaluate the adapters in `a.procs` worker processes of one thread each (one adapter per worker, or one job
+    of `jobs` each: extra flags per worker, e.g. one binding of --multi); their per-video results are what the
+    summary then reads."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # a variant goes by its name (its worker resolves the same file and files its results under the same label
-    # the summary reads), any other adapter by its path
-    todo, running = [label if label in VARIANTS else str(p) for label, p in chosen], []
+    if jobs is None:
+        jobs = [[worker_name(label, p)] for label, p in chosen]
+    todo, running = [(" ".join(j), j) for j in jobs], []
     while todo or running:
         while todo and len(running) < a.procs:
-            what = todo.pop(0)
-            cmd = [sys.executable, "-m", "moca_model", "toybench", what, "--no-summary", "--no-costs", *flags]
+            what, args = todo.pop(0)
+            cmd = [sys.executable, "-m", "moca_model", "toybench", *args, "--no-summary", "--no-costs", *flags]
             running.append((what, subprocess.Popen(cmd, env=env)))
         time.sleep(1.0)
         for entry in list(running):
@@ -536,7 +543,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-only", action="store_true", help="with --train-all: stop after training")
     ap.add_argument("--estimate", action="store_true", help="only measure each variant's training step time and "
                     "print the expected CPU time of --train-all")
-    ap.add_argument("--procs", type=int, default=1, help="variants trained / evaluated at once (one thread each)")
+    ap.add_argument("--procs", type=int, default=1, help="variants trained / evaluated at once (one thread each; "
+                    "with --multi: adapter-and-binding pairs evaluated at once)")
     ap.add_argument("--train-steps", type=int, default=None, help="override every variant's optim.max_steps "
                     "(tests; the benchmark's budget is the configs')")
     ap.add_argument("--cache", default=str(REPO / "runs" / "toy" / "cache"), help="the toy build's cache shards")
@@ -596,8 +604,14 @@ def main(argv=None) -> int:
                   "`python -m moca_model toybench --train-all` trains them")
     if a.multi:                                            # two people per video: toybench_multi.py
         from .toybench_multi import run_multi
+        if a.procs > 1 and not a.no_summary:               # one worker per adapter and binding, then the summary
+            flags = argv_of(a) + ["--multi", "--no-strip", "--blend-threshold", str(a.blend_threshold)]
+            evaluate_in_parallel(a, chosen, flags, jobs=[
+                [worker_name(label, p), "--bindings", mode] for label, p in chosen
+                for mode in (a.bindings if p is not None else a.bindings[:1])])
         a.people, a.prompts, a.steps = people, prompts, steps
-        run_multi(a, chosen, out)
+        if run_multi(a, chosen, out) is None:              # a worker: its per-video rows are written
+            return 0
         print(f"[toybench] wrote {out / 'results_multi'}{'_quick' if a.quick else ''}.json, .md, .png")
         return 0
     t0 = time.perf_counter()

@@ -163,7 +163,8 @@ def strip(frames_by_row: list[tuple[str, np.ndarray]], path: Path, every: int = 
 
 
 def run_multi(a, chosen, out: Path, log=print) -> dict:
-    """--multi: every chosen adapter in every binding (a.bindings), summary files, the strip."""
+    """--multi: every chosen adapter in every binding (a.bindings), summary files, the strip (None for a worker
+    of --procs N, which only writes per-video rows)."""
     from .toybench import Models, _write_json, video_seed
     models = Models(a)
     pairs, prompts = a.people, a.prompts
@@ -173,6 +174,8 @@ def run_multi(a, chosen, out: Path, log=print) -> dict:
             rows = evaluate_multi(models, label, adapter, pairs, prompts, a.seed, a.steps, out, mode,
                                   a.blend_threshold, log)
             res["rows"].append({"label": label, "binding": mode, "summary": summarise_multi(rows)})
+    if a.no_summary:                          # a worker of --procs N: the per-video rows are on disk
+        return None
     suffix = "_quick" if a.quick else ""
     _write_json(out / f"results_multi{suffix}.json", res)
     from ..atomic import atomic_target
