@@ -47,8 +47,11 @@ def test_faithful_swapped_and_blended_videos(judge, item):
 
 def test_bindings(item):
     tokens = [torch.randn(1, 4, 8), torch.randn(1, 4, 8)]
-    auto, masks, concat = (TM.binding(tokens, item, m) for m in TM.BINDINGS)
+    auto, masks, concat, alone = (TM.binding(tokens, item, m) for m in TM.BINDINGS)
     assert auto.masks == [None, None] and auto.mode == "regions" and concat.mode == "concat"
+    second = TM.binding(tokens, item, "alone", person=1)                        # only that person, in its mask
+    assert alone.tokens == [tokens[0]] and second.tokens == [tokens[1]] and second.mode == "regions"
+    assert torch.equal(second.masks[0], torch.from_numpy(item["masks"][1]).float())
     w = masks.region_weights((5, 8, 8))[0]                                        # [2, T, h, w] from pixel frames
     assert w.shape == (2, 5, 8, 8) and w[0, :, :, :4].sum() > 5 * w[0, :, :, 4:].sum()
     assert isinstance(concat.resolve((5, 8, 8)), torch.Tensor)
@@ -96,16 +99,20 @@ def test_quick_multi_end_to_end(stand_ins, capsys):  # noqa: F811
     assert TB.main(args) == 0
     res = json.loads((out / "results_multi_quick.json").read_text())
     assert [(r["label"], r["binding"]) for r in res["rows"]] == [("moca", "regions"), ("moca", "masks"),
-                                                                  ("moca", "concat"), ("no_identity", "none")]
+                                                                  ("moca", "concat"), ("moca", "alone"),
+                                                                  ("no_identity", "none")]
     for r in res["rows"]:
         assert r["summary"]["videos"] == 1 and set(TM.MULTI_MEANS) <= set(r["summary"])
     md = (out / "results_multi_quick.md").read_text()
     assert "| moca | concat |" in md and "| no_identity | none |" in md
     strip = np.asarray(Image.open(out / "results_multi_quick.png")).astype(float)
-    assert strip.shape[0] == 5 * 128                                       # world clip + 3 bindings + no identity
-    rows = [strip[128 * i:128 * (i + 1), 160:] for i in range(5)]
+    assert strip.shape[0] == 6 * 128                                       # world clip + 4 bindings + no identity
+    rows = [strip[128 * i:128 * (i + 1), 160:] for i in range(6)]
     assert np.abs(rows[1] - rows[3]).mean() > 0.5                          # regions and concat make other videos
-    assert np.abs(rows[1] - rows[4]).mean() > 0.5                          # the identities act
+    assert np.abs(rows[2] - rows[4]).mean() > 0.5                          # alone is not both bound
+    assert np.abs(rows[1] - rows[5]).mean() > 0.5                          # the identities act
+    alone = json.loads(next((out / "eval_multi").glob("moca-alone-*/0_0.json")).read_text())
+    assert alone["binding"] == "alone" and alone["faces"] <= 2 * 17 and len(alone["own_per_person"]) == 2
     items = sorted((out / "eval_multi").glob("moca-regions-*/*.json"))
     assert len(items) == 1 and json.loads(items[0].read_text())["binding"] == "regions"
     mtime = items[0].stat().st_mtime_ns
@@ -127,6 +134,6 @@ def test_multi_procs_match_one_process(stand_ins, tmp_path):  # noqa: F811
     shutil.copytree(out, par, ignore=shutil.ignore_patterns("eval_multi", "results_multi*"))
     assert TB.main(args + ["--out", str(par), "--procs", "2"]) == 0
     folders = sorted(p.name for p in (par / "eval_multi").iterdir())
-    assert len(folders) == 4 and sorted(p.name for p in (out / "eval_multi").iterdir()) == folders
+    assert len(folders) == 5 and sorted(p.name for p in (out / "eval_multi").iterdir()) == folders
     one, two = (json.loads((d / "results_multi_quick.json").read_text())["rows"] for d in (out, par))
     assert one == two

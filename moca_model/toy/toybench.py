@@ -566,9 +566,10 @@ def main(argv=None) -> int:
     ap.add_argument("--multi", action="store_true", help="two people per video (toybench_multi.py): per-person "
                     "likeness to its own and the other reference, swap and blend rates, for each binding; --people "
                     "counts pairs")
-    ap.add_argument("--bindings", nargs="+", default=["regions", "masks", "concat"],
-                    choices=["regions", "masks", "concat"], help="with --multi: identity regions left to right, from "
-                    "the world clip's masks, and the naive concatenation baseline")
+    ap.add_argument("--bindings", nargs="+", default=["regions", "masks", "concat", "alone"],
+                    choices=["regions", "masks", "concat", "alone"], help="with --multi: identity regions left to "
+                    "right, from the world clip's masks, the naive concatenation baseline, and the control of one "
+                    "person bound at a time (its swap rate is the floor the model's likeness sets)")
     ap.add_argument("--blend-threshold", type=float, default=0.4, help="with --multi: a face 'looks like' a "
                     "reference at or above this likeness (blend rate: both references at once)")
     ap.add_argument("--no-strip", action="store_true", help="with --multi: skip the PNG strip")

@@ -8,6 +8,10 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
   masks    - identity regions from the head masks of the world's own clip of that prompt, per frame (an oracle
              layout: what a user's masks give when the people stand where the masks say)
   concat   - the naive baseline: both identities' tokens concatenated, attended everywhere, no regions
+  alone    - the control: one video per person with only that person's identity bound (its head mask, as in
+             masks; the other person drawn without identity), same caption and seed, scored on the bound
+             person's face. No second identity can interfere, so its swap rate is the floor set by how much
+             likeness the model carries at all; a binding of both that matches it adds no swaps of its own.
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
 assigned left to right, as the layout asks): each person's likeness to its own reference and the highest to the
 other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference),
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-BINDINGS = ("regions", "masks", "concat")
+BINDINGS = ("regions", "masks", "concat", "alone")
 BLEND_THRESHOLD = 0.4
 MULTI_MEANS = ("own", "cross", "separation", "swap_rate", "blend_rate", "missing")
 
@@ -43,8 +47,9 @@ def two_person_item(n: int, k: int) -> dict:
             "world_frames": clip.frames}
 
 
-def binding(tokens: list, item: dict, mode: str):
-    """The RegionalIdentity of one binding: tokens [1, M, D_id] per person (item's order)."""
+def binding(tokens: list, item: dict, mode: str, person: int = 0):
+    """The RegionalIdentity of one binding: tokens [1, M, D_id] per person (item's order); "alone" binds only
+    `person`."""
     import torch
 
     from ..regions import RegionalIdentity
@@ -54,17 +59,28 @@ def binding(tokens: list, item: dict, mode: str):
         return RegionalIdentity(tokens, masks=[torch.from_numpy(m).float() for m in item["masks"]])
     if mode == "concat":
         return RegionalIdentity(tokens, mode="concat")
+    if mode == "alone":
+        return RegionalIdentity([tokens[person]], masks=[torch.from_numpy(item["masks"][person]).float()])
     raise ValueError(f"toybench --multi: binding {mode!r} is not one of {BINDINGS}")
 
 
-def multi_video_metrics(judge, frames, references, threshold: float = BLEND_THRESHOLD) -> dict:
-    """Two-person metrics of one video: frames [F, H, W, 3]; references: each person's photo (left to right)."""
+def video_similarities(judge, frames, references):
+    """sims [F, P, P] of one video (`face.multi_likeness`): frames [F, H, W, 3] uint8; references: each person's
+    photo (left to right); faces are assigned left to right."""
     import torch
 
-    from ..face.multi_likeness import face_similarities, multi_scores
+    from ..face.multi_likeness import face_similarities
     from .metrics import reference_embedding
     refs = [reference_embedding(judge, r) for r in references]
-    sims = face_similarities(judge, torch.from_numpy(np.ascontiguousarray(frames)).float() / 255, refs)
+    return face_similarities(judge, torch.from_numpy(np.ascontiguousarray(frames)).float() / 255, refs)
+
+
+def multi_video_metrics(judge, frames, references, threshold: float = BLEND_THRESHOLD, sims=None) -> dict:
+    """Two-person metrics of one video: frames [F, H, W, 3]; references: each person's photo (left to right).
+    sims: the similarities when already measured (then frames is not read)."""
+    from ..face.multi_likeness import multi_scores
+    if sims is None:
+        sims = video_similarities(judge, frames, references)
     s = multi_scores(sims, threshold)
     own = [v for v in s["own"] if v is not None]
     cross = [v for v in s["cross"] if v is not None]
@@ -93,13 +109,23 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
                 continue
             pipe = pipe or models.pipeline(adapter)
             item = two_person_item(n, k)
-            ident = None
             if adapter is not None:
                 tokens = tokens or [pipe.identity(r) for r in item["references"]]
-                ident = binding(tokens, item, mode)
-            frames = pipe.generate(item["caption"], ident, seed=video_seed(seed, n, k), **opts)
+            vseed = video_seed(seed, n, k)
+            if mode == "alone":               # one video per person, each scored on its bound person's face
+                sims = None
+                for p in range(len(tokens)):
+                    frames = pipe.generate(item["caption"], binding(tokens, item, mode, p), seed=vseed, **opts)
+                    one = video_similarities(models.judge, frames, item["references"])     # [F, P, P]
+                    sims = one if sims is None else sims
+                    sims[:, p] = one[:, p]
+                metrics = multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)
+            else:
+                ident = binding(tokens, item, mode) if adapter is not None else None
+                frames = pipe.generate(item["caption"], ident, seed=vseed, **opts)
+                metrics = multi_video_metrics(models.judge, frames, item["references"], threshold)
             row = {"people": item["people"], "prompt_index": k, "caption": item["caption"], "binding": mode,
-                   **multi_video_metrics(models.judge, frames, item["references"], threshold)}
+                   **metrics}
             _write_json(path, row)
             rows.append(row)
         if (n + 1) % 10 == 0:
@@ -191,7 +217,7 @@ def run_multi(a, chosen, out: Path, log=print) -> dict:
             for mode in (a.bindings if adapter is not None else ("none",)):
                 ident = binding(tokens, item, mode) if adapter is not None else None
                 frames = pipe.generate(item["caption"], ident, seed=video_seed(a.seed, 0, 0), **opts)
-                shown.append((f"{label} / {mode}", frames))
+                shown.append((f"{label} / {'alone (left person)' if mode == 'alone' else mode}", frames))
         strip(shown, out / f"results_multi{suffix}.png")
     log(markdown_multi(res))
     return res
