@@ -57,6 +57,7 @@ def _interrupted(run, shards, **sections):
     ({"train": {"seed": 1}}, "train.seed"),
     ({"data": {"text_len": 24}}, "data.text_len"),
     ({"data": {"shuffle": False}}, "data.shuffle"),
+    ({"data": {"automatic_binding": 0.5}}, "data.automatic_binding"),
     ("extra_shard", "shard set"),
 ])
 def test_resume_refuses_a_changed_data_stream(shards, tmp_path, change, match):
@@ -170,3 +171,25 @@ def test_model_variant_is_validated(tmp_path, shards):
         tiny_train_config(tmp_path, shards, model={"variant": "no_identity"})
     with pytest.raises(ValueError, match=r"model.variant='big'"):
         tiny_train_config(tmp_path, shards, model={"variant": "big"})
+
+
+def test_a_fresh_start_never_overwrites_an_earlier_run(shards, tmp_path):
+    """train_moca.py without --resume on an out_dir with checkpoints stops (it would train from step 0 and
+    overwrite them), naming --resume; with --resume it continues; --resume on an empty out_dir starts fresh."""
+    import json
+
+    from moca_model.training.cli import train_main
+    from moca_model.training.train_state import list_checkpoints
+    cfg = tiny_train_config(tmp_path / "run", shards, optim={"max_steps": 3, "warmup_steps": 1},
+                            checkpoint={"every": 1, "keep_last": 5}, objective={"lvpl": {"weight": 0.0}})
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    args = ["--config", str(path), "--device", "cpu"]
+    assert train_main(args + ["--resume", "--stop-after", "2"]) == 0        # nothing to resume: a fresh start
+    before = {c.name: (c / "state.json").stat().st_mtime_ns for c in list_checkpoints(tmp_path / "run")}
+    assert list(before) == ["step_00000001", "step_00000002"]
+    with pytest.raises(SystemExit, match="--resume"):
+        train_main(args)
+    assert {c.name: (c / "state.json").stat().st_mtime_ns for c in list_checkpoints(tmp_path / "run")} == before
+    assert train_main(args + ["--resume"]) == 0
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step_00000003"

@@ -47,6 +47,7 @@ def data_stream(trainer) -> dict:
     c = trainer.cfg
     shards = [[p.name, n, p.stat().st_size] for p, n in trainer.dataset.shards]
     return {"seed": c.train.seed, "shuffle": c.data.shuffle, "reference": c.data.reference,
+            "automatic_binding": c.data.automatic_binding,
             "text_len": trainer.objective.text_len, "num_samples": len(trainer.dataset), "num_shards": len(shards),
             "shards_digest": hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]}
 
@@ -58,7 +59,7 @@ def _stream_changes(saved: dict | None, now: dict, saved_config: dict) -> list[s
         saved = {"seed": t.get("seed"), "shuffle": d.get("shuffle"), "reference": d.get("reference"),
                  "text_len": d.get("text_len") or now["text_len"]}
     names = {"seed": "train.seed", "shuffle": "data.shuffle", "reference": "data.reference",
-             "text_len": "data.text_len"}
+             "automatic_binding": "data.automatic_binding", "text_len": "data.text_len"}   # compared where saved
     out = [f"{names[k]} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and saved[k] != now[k]]
     if "shards_digest" in saved and saved["shards_digest"] != now["shards_digest"]:
         out.append(f"shard set {saved['num_shards']} shards / {saved['num_samples']} samples "

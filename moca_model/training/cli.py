@@ -32,6 +32,15 @@ def train_main(argv) -> int:
     from .config import TrainConfig
     from .trainer import Trainer
     cfg = TrainConfig.load(a.config).with_overrides(a.set)
+    if not a.resume:                        # a fresh start would overwrite an earlier run's checkpoints
+        from pathlib import Path
+
+        from .train_state import list_checkpoints
+        found = list_checkpoints(Path(cfg.out_dir))
+        if found:
+            raise SystemExit(f"train_moca.py: {cfg.out_dir} already holds checkpoints of a run (latest "
+                             f"{found[-1].name}). Add --resume to continue it, or give another out_dir "
+                             f"(--set out_dir=...) to start a new run; delete the folder yourself to start over.")
     trainer = Trainer(cfg, device=a.device)
     if a.resume:
         trainer.resume(None if a.resume == "auto" else a.resume)
