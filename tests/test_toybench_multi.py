@@ -45,6 +45,23 @@ def test_faithful_swapped_and_blended_videos(judge, item):
     assert mixed["blend_rate"] >= 0.5 and abs(mixed["own"] - mixed["cross"]) < 0.1
 
 
+def test_a_lone_face_goes_to_the_person_on_its_side(judge, item):
+    """Faces are assigned by the layout (each person's side of the frame): with only the right-hand person
+    drawn, left-to-right order gave that face to the left-hand person and scored it as a swap."""
+    frames = item["world_frames"][::4].copy()                                    # 5 frames
+    frames[:, :, :64] = frames[:, :4, 124:].mean(axis=(1, 2), keepdims=True).astype(np.uint8)   # left person gone
+    layout = TM.layout_halves(item["masks"])
+    assert [p.shape for p in layout] == [(17, 128, 128)] * 2
+    assert layout[0][0, :, :40].min() == 1 and layout[0][0, :, 90:].max() == 0 and (layout[0] + layout[1] == 1).all()
+    sims = TM.video_similarities(judge, frames, item["references"],
+                                 [p[::4] for p in layout])
+    by_side = TM.multi_video_metrics(judge, None, item["references"], sims=sims)
+    assert by_side["own_per_person"][0] is None and by_side["own_per_person"][1] > 0.5
+    assert by_side["swap_rate"] == 0 and by_side["missing"] == 0.5
+    by_order = TM.multi_video_metrics(judge, frames, item["references"])          # the old rule
+    assert by_order["own_per_person"][1] is None and by_order["swap_rate"] == 1
+
+
 def test_bindings(item):
     tokens = [torch.randn(1, 4, 8), torch.randn(1, 4, 8)]
     auto, masks, concat, alone = (TM.binding(tokens, item, m) for m in TM.BINDINGS)

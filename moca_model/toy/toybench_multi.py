@@ -13,7 +13,8 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
              person's face. No second identity can interfere, so its swap rate is the floor set by how much
              likeness the model carries at all; a binding of both that matches it adds no swaps of its own.
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
-assigned left to right, as the layout asks): each person's likeness to its own reference and the highest to the
+assigned by the layout: each person takes the largest face on its side of the frame, split midway between the
+people's head masks in the world clip, `layout_halves`): each person's likeness to its own reference and the highest to the
 other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference),
 the blend rate (own and other reference both at or above --blend-threshold at once) and the share of missing
 faces; 95% bootstrap intervals over videos.
@@ -47,6 +48,19 @@ def two_person_item(n: int, k: int) -> dict:
             "world_frames": clip.frames}
 
 
+def layout_halves(masks: list) -> list:
+    """Where each person's face should be, per frame: the frame split midway between the people's head masks
+    (`regions.left_to_right_regions` frame by frame), each person the part on its side -> [F, H, W] float per
+    person. Faces are assigned by it (a person takes the largest face whose centre lies in its part), so a lone
+    face on the right counts as the right-hand person's, where left-to-right order gave it to the left one."""
+    import torch
+
+    from ..regions import left_to_right_regions
+    m = torch.from_numpy(np.stack(masks)).float()                                  # [P, F, H, W]
+    parts = torch.cat([left_to_right_regions(m[:, f:f + 1]) for f in range(m.shape[1])], dim=1)
+    return [p.numpy() for p in parts]
+
+
 def binding(tokens: list, item: dict, mode: str, person: int = 0):
     """The RegionalIdentity of one binding: tokens [1, M, D_id] per person (item's order); "alone" binds only
     `person`."""
@@ -64,15 +78,16 @@ def binding(tokens: list, item: dict, mode: str, person: int = 0):
     raise ValueError(f"toybench --multi: binding {mode!r} is not one of {BINDINGS}")
 
 
-def video_similarities(judge, frames, references):
+def video_similarities(judge, frames, references, masks=None):
     """sims [F, P, P] of one video (`face.multi_likeness`): frames [F, H, W, 3] uint8; references: each person's
-    photo (left to right); faces are assigned left to right."""
+    photo (left to right); faces are assigned left to right, but a person given a mask ([F, H, W] or None per
+    person) takes the face whose centre lies in it."""
     import torch
 
     from ..face.multi_likeness import face_similarities
     from .metrics import reference_embedding
     refs = [reference_embedding(judge, r) for r in references]
-    return face_similarities(judge, torch.from_numpy(np.ascontiguousarray(frames)).float() / 255, refs)
+    return face_similarities(judge, torch.from_numpy(np.ascontiguousarray(frames)).float() / 255, refs, masks)
 
 
 def multi_video_metrics(judge, frames, references, threshold: float = BLEND_THRESHOLD, sims=None) -> dict:
@@ -94,7 +109,7 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
     """Per-video two-person metrics of one adapter in one binding, resumable."""
     from .toybench import _digest, _write_json, video_seed
     settings = {"pairs": pairs, "prompts": prompts, "seed": seed, "steps": steps, "preset": models.a.preset,
-                "threshold": threshold,
+                "threshold": threshold, "assign": "layout halves",     # (before 2026-12-02: left-to-right order)
                 **{k: Path(getattr(models.a, k)) for k in ("backbone", "vae", "eval_recogniser")}}
     digest = _digest(adapter if adapter is not None else "no_identity", settings)
     folder = out / "eval_multi" / f"{label}-{mode}-{digest}"
@@ -112,18 +127,20 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
             if adapter is not None:
                 tokens = tokens or [pipe.identity(r) for r in item["references"]]
             vseed = video_seed(seed, n, k)
+            layout = layout_halves(item["masks"])
             if mode == "alone":               # one video per person, each scored on its bound person's face
                 sims = None
                 for p in range(len(tokens)):
                     frames = pipe.generate(item["caption"], binding(tokens, item, mode, p), seed=vseed, **opts)
-                    one = video_similarities(models.judge, frames, item["references"])     # [F, P, P]
+                    one = video_similarities(models.judge, frames, item["references"], layout)   # [F, P, P]
                     sims = one if sims is None else sims
                     sims[:, p] = one[:, p]
                 metrics = multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)
             else:
                 ident = binding(tokens, item, mode) if adapter is not None else None
                 frames = pipe.generate(item["caption"], ident, seed=vseed, **opts)
-                metrics = multi_video_metrics(models.judge, frames, item["references"], threshold)
+                sims = video_similarities(models.judge, frames, item["references"], layout)
+                metrics = multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)
             row = {"people": item["people"], "prompt_index": k, "caption": item["caption"], "binding": mode,
                    **metrics}
             _write_json(path, row)
