@@ -16,6 +16,12 @@ def test_faces_follow_masks_or_left_to_right_order():
     assert assign_faces([LEFT, RIGHT], [right_half, None], (128, 128)) == [1, 0]   # mask first, then the rest
     assert assign_faces([LEFT], [right_half, None], (128, 128)) == [None, 0]
     assert assign_faces([], [None, None], (128, 128)) == [None, None]
+    # fewer faces than people: a face goes to the person of the strip it lies in (left-to-right order gave a
+    # lone right-hand face to the left-hand person, a swap that never happened)
+    assert assign_faces([RIGHT], [None, None], (128, 128)) == [None, 0]
+    assert assign_faces([LEFT], [None, None], (128, 128)) == [0, None]
+    big_left = [0, 10, 60, 70]
+    assert assign_faces([LEFT, big_left], [None, None, None], (128, 128)) == [1, None, None]   # largest face wins
 
 
 def sims_for(own, other, frames=10, P=2):

@@ -2,7 +2,8 @@
 
 Per frame, every person's face is found (`assign_faces`: a person with a region mask takes the face whose box
 centre lies deepest in its mask; the others take the remaining faces in left-to-right order, as the automatic
-binding does), embedded, and compared with every reference: `sims [F, P, P]`, sims[f, k, j] = cosine of person
+binding does, or, when fewer faces remain than people, each face goes to the person whose equal vertical strip
+it lies in), embedded, and compared with every reference: `sims [F, P, P]`, sims[f, k, j] = cosine of person
 k's face in frame f with reference j (NaN where person k has no face in frame f). From it (`multi_scores`):
 - own likeness: per person, the mean of sims[:, k, k];
 - cross likeness: per person, the mean over frames of its highest similarity to another person's reference;
@@ -29,6 +30,10 @@ def _centre(box) -> tuple[float, float]:
     return (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
 
 
+def _area(box) -> float:
+    return (float(box[2]) - float(box[0])) * (float(box[3]) - float(box[1]))
+
+
 def assign_faces(boxes: list, masks: list, size: tuple) -> list:
     """Which face is whose in one frame. boxes: the frame's face boxes [x1, y1, x2, y2] (pixels); masks: per
     person a [H, W] mask (0..1, any size: read at the box centre scaled to it) or None (left-to-right binding);
@@ -53,8 +58,16 @@ def assign_faces(boxes: list, masks: list, size: tuple) -> list:
             free.discard(i)
     auto = [k for k, m in enumerate(masks) if m is None]
     rest = sorted(free, key=lambda i: _centre(boxes[i])[0])
-    for k, i in zip(auto, rest):
-        out[k] = i
+    if len(rest) >= len(auto):                        # every person found: left-to-right order
+        for k, i in zip(auto, rest):
+            out[k] = i
+        return out
+    # fewer faces than people: each face goes to the person whose vertical strip it lies in (the automatic
+    # binding's equal strips), the largest face first, so a lone right-hand face is the right-hand person's
+    for i in sorted(rest, key=lambda i: -_area(boxes[i])):
+        k = auto[min(len(auto) - 1, int(_centre(boxes[i])[0] / W * len(auto)))]
+        if out[k] is None:
+            out[k] = i
     return out
 
 
