@@ -47,7 +47,8 @@ def test_faithful_swapped_and_blended_videos(judge, item):
 
 def test_a_lone_face_goes_to_the_person_on_its_side(judge, item):
     """Faces are assigned by the layout (each person's side of the frame): with only the right-hand person
-    drawn, left-to-right order gave that face to the left-hand person and scored it as a swap."""
+    drawn, left-to-right order gave that face to the left-hand person and scored it as a swap (before
+    2026-12-02)."""
     frames = item["world_frames"][::4].copy()                                    # 5 frames
     frames[:, :, :64] = frames[:, :4, 124:].mean(axis=(1, 2), keepdims=True).astype(np.uint8)   # left person gone
     layout = TM.layout_halves(item["masks"])
@@ -58,8 +59,10 @@ def test_a_lone_face_goes_to_the_person_on_its_side(judge, item):
     by_side = TM.multi_video_metrics(judge, None, item["references"], sims=sims)
     assert by_side["own_per_person"][0] is None and by_side["own_per_person"][1] > 0.5
     assert by_side["swap_rate"] == 0 and by_side["missing"] == 0.5
-    by_order = TM.multi_video_metrics(judge, frames, item["references"])          # the old rule
-    assert by_order["own_per_person"][1] is None and by_order["swap_rate"] == 1
+    # without a layout (Identity Score's rule for people bound left to right) a lone face goes to the person
+    # of its equal strip: the same here
+    no_layout = TM.multi_video_metrics(judge, frames, item["references"])
+    assert no_layout["own_per_person"][1] > 0.5 and no_layout["swap_rate"] == 0
 
 
 def test_bindings(item):
@@ -91,6 +94,18 @@ def test_summary_and_table():
     md = TM.markdown_multi({"pairs": 3, "prompts": 1, "threshold": 0.4,
                             "rows": [{"label": "moca", "binding": "regions", "summary": s}]})
     assert "| moca | regions | 0.700 [" in md and "swap rate" in md and "| 0.500 [" in md
+    # a binding against the alone control, paired over the videos both measured
+    both = [{"people": [1, 2], "prompt_index": k, "swap_rate": v, "own_per_person": [0.3, 0.1],
+             "cross_per_person": [0.0, 0.2]} for k, v in enumerate([0.5, 0.4, None])]
+    alone = [{"people": [1, 2], "prompt_index": k, "swap_rate": v, "own_per_person": [0.3, 0.3],
+              "cross_per_person": [0.0, 0.0]} for k, v in enumerate([0.25, 0.2, 0.1])]
+    d = TM.paired_multi(both, alone, "swap_rate")
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.225)
+    assert TM.paired_multi(both, alone, "separation")["mean"] == pytest.approx(0.1 - 0.3)
+    md = TM.markdown_multi({"pairs": 3, "prompts": 1, "threshold": 0.4, "rows": [
+        {"label": "moca", "binding": "masks", "summary": s, "minus_alone": {"swap_rate": d, "separation": d}},
+        {"label": "moca", "binding": "alone", "summary": s}]})
+    assert "| moca | masks | 0.225 [" in md and "swap rate minus alone" in md
 
 
 def test_strip_png(tmp_path):
@@ -121,7 +136,8 @@ def test_quick_multi_end_to_end(stand_ins, capsys):  # noqa: F811
     for r in res["rows"]:
         assert r["summary"]["videos"] == 1 and set(TM.MULTI_MEANS) <= set(r["summary"])
     md = (out / "results_multi_quick.md").read_text()
-    assert "| moca | concat |" in md and "| no_identity | none |" in md
+    assert "| moca | concat |" in md and "| no_identity | none |" in md and "swap rate minus alone" in md
+    assert set(res["rows"][0]["minus_alone"]) == {"swap_rate", "separation"}
     strip = np.asarray(Image.open(out / "results_multi_quick.png")).astype(float)
     assert strip.shape[0] == 6 * 128                                       # world clip + 4 bindings + no identity
     rows = [strip[128 * i:128 * (i + 1), 160:] for i in range(6)]

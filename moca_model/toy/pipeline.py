@@ -25,6 +25,10 @@ TOY_MODELS = REPO / "toy_models"
 FILES = {
     "backbone": TOY_MODELS / "diffusion_models" / "toy_wan_t2v.safetensors",
     "adapter": TOY_MODELS / "moca" / "toy_moca_adapter.safetensors",
+    # the pair fine-tuned on two-person clips (configs/toy_moca_multi.yaml, then toy_moca_multi_binding.yaml):
+    # the two-person template's models
+    "backbone_two_people": TOY_MODELS / "diffusion_models" / "toy_wan_t2v_two_people.safetensors",
+    "adapter_two_people": TOY_MODELS / "moca" / "toy_moca_two_people_adapter.safetensors",
     "vae": TOY_MODELS / "vae" / "toy_wan_vae.safetensors",
     "insightface": TOY_MODELS / "insightface",
     "eval_recogniser": TOY_MODELS / "eval" / "rec_eval.onnx",

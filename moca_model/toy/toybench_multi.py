@@ -161,6 +161,21 @@ def separation(row: dict) -> float | None:
     return float(np.mean(d)) if d else None
 
 
+def paired_multi(a: list[dict], b: list[dict], key: str) -> dict:
+    """Mean of a - b of `key` over the videos both measured (same pair, prompt and seed), with its bootstrap
+    interval: e.g. a binding's swap rate minus the alone control's on the same videos."""
+    from .metrics import bootstrap_ci
+    from .toybench import _finite
+
+    def value(r):
+        return separation(r) if key == "separation" else r.get(key)
+    bb = {(tuple(r["people"]), r["prompt_index"]): value(r) for r in b}
+    d = [value(r) - bb[(tuple(r["people"]), r["prompt_index"])] for r in a
+         if value(r) is not None and bb.get((tuple(r["people"]), r["prompt_index"])) is not None]
+    mean, lo, hi = _finite(bootstrap_ci(d))
+    return {"mean": mean, "ci95": [lo, hi], "n": len(d)}
+
+
 def summarise_multi(rows: list[dict]) -> dict:
     from .toybench import summarise
     return summarise([{**r, "separation": separation(r)} for r in rows], MULTI_MEANS)
@@ -180,6 +195,13 @@ def markdown_multi(res: dict) -> str:
         s = r["summary"]
         lines.append(f"| {r['label']} | {r['binding']} | {ci(s['own'])} | {ci(s['cross'])} | {ci(s['separation'])} | "
                      f"{ci(s['swap_rate'])} | {ci(s['blend_rate'])} | {ci(s['missing'])} |")
+    paired = [r for r in res["rows"] if r.get("minus_alone")]
+    if paired:
+        lines += ["", "Against the alone control (one person bound at a time), paired over the same videos:", "",
+                  "| adapter | binding | swap rate minus alone | own minus other, minus alone |", "|---|---|---|---|"]
+        for r in paired:
+            m = r["minus_alone"]
+            lines.append(f"| {r['label']} | {r['binding']} | {ci(m['swap_rate'])} | {ci(m['separation'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,10 +235,16 @@ def run_multi(a, chosen, out: Path, log=print) -> dict:
     pairs, prompts = a.people, a.prompts
     res = {"pairs": pairs, "prompts": prompts, "threshold": a.blend_threshold, "seed": a.seed, "rows": []}
     for label, adapter in chosen:
+        got = {}
         for mode in (a.bindings if adapter is not None else ("none",)):
-            rows = evaluate_multi(models, label, adapter, pairs, prompts, a.seed, a.steps, out, mode,
-                                  a.blend_threshold, log)
-            res["rows"].append({"label": label, "binding": mode, "summary": summarise_multi(rows)})
+            got[mode] = evaluate_multi(models, label, adapter, pairs, prompts, a.seed, a.steps, out, mode,
+                                       a.blend_threshold, log)
+            res["rows"].append({"label": label, "binding": mode, "summary": summarise_multi(got[mode])})
+        if "alone" in got:                    # each binding against the control, paired over the same videos
+            for r in res["rows"]:
+                if r["label"] == label and r["binding"] != "alone":
+                    r["minus_alone"] = {k: paired_multi(got[r["binding"]], got["alone"], k)
+                                        for k in ("swap_rate", "separation")}
     if a.no_summary:                          # a worker of --procs N: the per-video rows are on disk
         return None
     suffix = "_quick" if a.quick else ""
