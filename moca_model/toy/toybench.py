@@ -569,7 +569,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bindings", nargs="+", default=["regions", "masks", "concat", "alone"],
                     choices=["regions", "masks", "concat", "alone"], help="with --multi: identity regions left to "
                     "right, from the world clip's masks, the naive concatenation baseline, and the control of one "
-                    "person bound at a time (its swap rate is the floor the model's likeness sets)")
+                    "person bound at a time (no second identity to interfere)")
     ap.add_argument("--blend-threshold", type=float, default=0.4, help="with --multi: a face 'looks like' a "
                     "reference at or above this likeness (blend rate: both references at once)")
     ap.add_argument("--no-strip", action="store_true", help="with --multi: skip the PNG strip")

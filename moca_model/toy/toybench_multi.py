@@ -10,8 +10,9 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
   concat   - the naive baseline: both identities' tokens concatenated, attended everywhere, no regions
   alone    - the control: one video per person with only that person's identity bound (its head mask, as in
              masks; the other person drawn without identity), same caption and seed, scored on the bound
-             person's face. No second identity can interfere, so its swap rate is the floor set by how much
-             likeness the model carries at all; a binding of both that matches it adds no swaps of its own.
+             person's face. No second identity is there to interfere, so a binding of both people that does
+             as well adds no swaps of its own. (A model trained with every person bound has never seen one
+             person bound and one not, so the control is no strict floor: it can do worse than both bound.)
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
 assigned by the layout: each person takes the largest face on its side of the frame, split midway between the
 people's head masks in the world clip, `layout_halves`): each person's likeness to its own reference and the highest to the
