@@ -440,6 +440,8 @@ def toy() -> Graph:
 
 # Two people in one toy video: each identity bound to its place in the frame (MoCA Identity Region).
 TOY_FACE_2 = "moca_toy_person_100001.png"
+TOY_TWO_DIT = "toy_wan_t2v_two_people.safetensors"          # the toy pair fine-tuned on two-person clips
+TOY_TWO_ADAPTER = "toy_moca_two_people_adapter.safetensors"
 TOY_TWO_PROMPT = "two people smile, in warm evening light, against a plain teal wall"
 TOY_TWO_NOTE = f"""MoCA toy world - two people, two faces (runs on a CPU, nothing to download).
 
@@ -454,7 +456,8 @@ exactly. Set 'binding' on the last region node to 'concat (naive baseline)' to s
 identities everywhere). MoCA Identity Score reports each person's likeness to its own photo and to the other's,
 the swap rate and the blend rate.
 
-Models: {TOY_DIT}, {TOY_VAE}, {TOY_ADAPTER} and the 'toyface' pack from the pack's toy_models/ folder.
+Models: {TOY_TWO_DIT} with {TOY_TWO_ADAPTER} (the toy pair fine-tuned on two-person clips, half of them
+bound left to right without masks), {TOY_VAE} and the 'toyface' pack, all from the pack's toy_models/ folder.
 Needs ComfyUI 0.8.0 or newer (the narrow toy VAE).
 """
 
@@ -462,7 +465,7 @@ Needs ComfyUI 0.8.0 or newer (the narrow toy VAE).
 def toy_two() -> Graph:
     g = Graph("moca_toy_two_people_cpu")
     g.add("Note", [TOY_TWO_NOTE], pos=(-1.2, 0), size=[420, 640], title="Read me: two people")
-    unet = g.add("UNETLoader", [TOY_DIT, "default"], pos=(0, 0))
+    unet = g.add("UNETLoader", [TOY_TWO_DIT, "default"], pos=(0, 0))
     vae = g.add("VAELoader", [TOY_VAE], pos=(0, 1))
     ana = g.add("MoCAFaceAnalyzerLoader", ["toyface", "cpu", 640], pos=(0, 2))
     shift = g.add("ModelSamplingSD3", [3.0], pos=(0, 3), inputs={"model": (unet, 0)}, title="Shift 3 (what the toy model was sampled with)")
@@ -477,7 +480,7 @@ def toy_two() -> Graph:
             links["previous"] = (regions[-1], 0)
         regions.append(g.add("MoCAIdentityRegion", ["largest", "regions"], pos=(2, 2 * k + 1), inputs=links,
                              title=f"Person {k + 1}: the {side} of the frame (no mask: left to right)"))
-    ada = g.add("MoCAAdapterLoader", [TOY_ADAPTER, "default"], pos=(3, 0))
+    ada = g.add("MoCAAdapterLoader", [TOY_TWO_ADAPTER, "default"], pos=(3, 0))
     mix = g.add("MoCAExpertMixing", [1.0, 1.0, 0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, "all"], pos=(3, 1), size=[340, 380])
     app = g.add("MoCAApply", ["all"], pos=(3, 2), inputs={"model": (shift, 0), "moca_adapter": (ada, 0),
                                                           "moca_id": (regions[-1], 0), "moca_mixing": (mix, 0)})
