@@ -15,8 +15,8 @@ adapter and binding). Each adapter generates every video in each binding of `BIN
              person bound and one not, so the control is no strict floor: it can do worse than both bound.)
 Per video, under the *evaluation* recogniser (`multi_video_metrics`, `moca_model.face.multi_likeness`; faces are
 assigned by the layout: each person takes the largest face on its side of the frame, split midway between the
-people's head masks in the world clip, `layout_halves`): each person's likeness to its own reference and the highest to the
-other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference),
+people's head masks in the world clip, `layout_halves`): each person's likeness to its own reference and the
+highest to the other's, their difference per person (`separation`), the swap rate (faces more similar to the other reference),
 the blend rate (own and other reference both at or above --blend-threshold at once) and the share of missing
 faces; 95% bootstrap intervals over videos.
 The single-identity numbers are `toybench` without --multi: one identity takes the unchanged single-identity path
@@ -136,14 +136,12 @@ def evaluate_multi(models, label: str, adapter: Path | None, pairs: int, prompts
                     one = video_similarities(models.judge, frames, item["references"], layout)   # [F, P, P]
                     sims = one if sims is None else sims
                     sims[:, p] = one[:, p]
-                metrics = multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)
             else:
                 ident = binding(tokens, item, mode) if adapter is not None else None
                 frames = pipe.generate(item["caption"], ident, seed=vseed, **opts)
                 sims = video_similarities(models.judge, frames, item["references"], layout)
-                metrics = multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)
             row = {"people": item["people"], "prompt_index": k, "caption": item["caption"], "binding": mode,
-                   **metrics}
+                   **multi_video_metrics(models.judge, None, item["references"], threshold, sims=sims)}
             _write_json(path, row)
             rows.append(row)
         if (n + 1) % 10 == 0:
